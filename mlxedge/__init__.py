@@ -1,0 +1,21 @@
+"""mlxedge: faithful GGUF / ONNX / Hugging Face -> MLX conversion, and a runtime for the result."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import MlxEdgeError
+
+
+def load(path: str, backend: str = "auto"):
+    """Load a converted bundle directory or a ``.gguf`` file (converted once into the cache).
+
+    ``backend`` is ``"auto"`` (MLX on Apple Silicon, else the fastest correct backend here),
+    ``"mlx"`` or ``"numpy"``. Returns a :class:`mlxedge.model.Model`.
+    """
+    from .model import load as _load
+
+    return _load(path, backend=backend)
+
+
+__all__ = ["MlxEdgeError", "__version__", "load"]

@@ -1,0 +1,56 @@
+"""`mlxedge <command>`: lazy dispatch to mlxedge.<command>.main, one line per user-facing error."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import MlxEdgeError
+
+COMMANDS = {
+    "convert": ("convert", "convert a GGUF / ONNX / Hugging Face model into an MLX bundle"),
+    "inspect": ("inspect", "describe a GGUF file or a converted bundle"),
+    "generate": ("generate", "generate text from a prompt"),
+    "chat": ("chat", "interactive multi-turn chat"),
+    "eval": ("eval", "perplexity, KL divergence and top-1 agreement against a reference"),
+    "sweep": ("sweep", "convert with several recipes and report size against quality"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="mlxedge", description="GGUF/ONNX/HF -> MLX, and run it.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if argv[0] not in COMMANDS:
+        parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+    name = argv[0]
+    module = importlib.import_module(f"mlxedge.{COMMANDS[name][0]}")
+    cmd = argparse.ArgumentParser(prog=f"mlxedge {name}", description=COMMANDS[name][1])
+    module.configure_parser(cmd)
+    args = cmd.parse_args(argv[1:])
+    try:
+        return module.main(args) or 0
+    except MlxEdgeError as e:
+        print(f"mlxedge {name}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

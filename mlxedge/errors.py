@@ -1,0 +1,5 @@
+"""The one exception type users see: the CLI prints its message on one line and exits non-zero."""
+
+
+class MlxEdgeError(Exception):
+    """A problem with the user's input or environment (bad file, unsupported type, disk full...)."""

@@ -1,0 +1,196 @@
+"""The MLX model directory (mlx-lm layout): stream tensors into safetensors shards, write the
+JSON files beside them, and move the finished directory into place in one rename.
+
+Nothing is half-written: everything goes into a temporary directory next to OUT, which is renamed
+to OUT only after the last byte is on disk, and removed on any error (disk full included).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MlxEdgeError
+
+SHARD_BYTES = 5 * 1024**3
+# safetensors dtype names <-> numpy dtypes; bfloat16 travels as its uint16 bit pattern.
+DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U32": np.uint32,
+          "U8": np.uint8, "I32": np.int32, "I8": np.int8, "F64": np.float64}
+NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint32): "U32",
+            np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int8): "I8"}
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit pattern (round to nearest even), as uint16."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + (np.uint32(0x7FFF) + ((u >> 16) & 1))
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+class BundleWriter:
+    """Write a bundle into a temp dir beside `out`; `commit()` renames it into place.
+
+    Use as a context manager: leaving the block with an exception removes the temp dir.
+    """
+
+    def __init__(self, out: str | Path, force: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not force:
+            raise MlxEdgeError(f"{self.out} exists (use --force to replace it)")
+        if self.out.exists() and not self.out.is_dir():
+            raise MlxEdgeError(f"{self.out} exists and is not a directory")
+        parent = self.out.absolute().parent
+        if not parent.is_dir():
+            raise MlxEdgeError(f"output folder {parent} does not exist")
+        self.force = force
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent))
+        except OSError as e:
+            raise MlxEdgeError(f"cannot write into {parent}: {e.strerror}") from None
+        self._shards: list[tuple[dict, Path]] = []  # (header entries, data file)
+        self._data = None
+        self._offset = 0
+        self.total_bytes = 0
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        if isinstance(exc, OSError):
+            raise _os_error(exc, self.out) from None
+
+    def add(self, name: str, array: np.ndarray, dtype: str | None = None) -> None:
+        """Append one tensor. `dtype` overrides the safetensors dtype (\"BF16\" for uint16 bits)."""
+        array = np.ascontiguousarray(array)
+        st = dtype or NP_TO_ST.get(array.dtype)
+        if st is None:
+            raise ValueError(f"{name}: no safetensors dtype for {array.dtype}")
+        if self._data is None or self._offset + array.nbytes > SHARD_BYTES and self._offset:
+            self._new_shard()
+        header, _ = self._shards[-1]
+        header[name] = {"dtype": st, "shape": list(array.shape),
+                        "data_offsets": [self._offset, self._offset + array.nbytes]}
+        self._data.write(memoryview(array.reshape(-1).view(np.uint8)))
+        self._offset += array.nbytes
+        self.total_bytes += array.nbytes
+
+    def _new_shard(self) -> None:
+        if self._data is not None:
+            self._data.close()
+        path = self.tmp / f".shard{len(self._shards)}.data"
+        self._data = open(path, "wb")
+        self._shards.append(({}, path))
+        self._offset = 0
+
+    def write_json(self, filename: str, obj) -> None:
+        with open(self.tmp / filename, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    def commit(self) -> Path:
+        """Finish the safetensors files, then move the directory to `out`."""
+        if self._data is not None:
+            self._data.close()
+        n = len(self._shards)
+        weight_map = {}
+        for i, (header, data_path) in enumerate(self._shards):
+            fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            _write_safetensors(self.tmp / fname, header, data_path)
+            weight_map.update({k: fname for k in header})
+        if n > 1:
+            self.write_json("model.safetensors.index.json",
+                            {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map})
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")
+            os.rename(self.out, old)
+            os.rename(self.tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.tmp, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        if self._data is not None and not self._data.closed:
+            self._data.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _write_safetensors(path: Path, header: dict, data_path: Path) -> None:
+    header = dict(header)
+    header["__metadata__"] = {"format": "mlx"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        with open(data_path, "rb") as src:
+            shutil.copyfileobj(src, f, 16 * 1024 * 1024)
+    data_path.unlink()
+
+
+def _os_error(e: OSError, out: Path) -> MlxEdgeError:
+    if e.errno == errno.ENOSPC:
+        return MlxEdgeError(f"disk full while writing {out}; nothing was written")
+    return MlxEdgeError(f"cannot write {out}: {e.strerror or e}")
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Memory-map one safetensors file: name -> array (BF16 comes back as float32)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 * 1024**2:
+                raise ValueError("header too large")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        raise MlxEdgeError(f"{path} is not a readable safetensors file ({e})") from None
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dt = DTYPES.get(info["dtype"])
+        if dt is None:
+            raise MlxEdgeError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
+        arr = mm[8 + n + start: 8 + n + end].view(dt).reshape(info["shape"])
+        out[name] = from_bf16_bits(arr) if info["dtype"] == "BF16" else arr
+    return out
+
+
+def read_weights(directory: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of a bundle (single file or sharded), memory-mapped."""
+    directory = Path(directory)
+    files = sorted(directory.glob("model*.safetensors"))
+    if not files:
+        raise MlxEdgeError(f"{directory} has no model*.safetensors")
+    weights: dict[str, np.ndarray] = {}
+    for f in files:
+        weights.update(read_safetensors(f))
+    return weights
+
+
+def read_config(directory: str | Path) -> dict:
+    path = Path(directory) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MlxEdgeError(f"{directory} is not a model bundle (no config.json)") from None
+    except (OSError, ValueError) as e:
+        raise MlxEdgeError(f"{path} is unreadable: {e}") from None

@@ -1,0 +1,100 @@
+"""MLX affine quantization in NumPy: w ≈ scale * q + bias per group of `group_size` along the last axis.
+
+Packing is MLX's: each row's q values form one little-endian bit stream (value i occupies bits
+[i*bits, (i+1)*bits)), read as uint32 words. For 2/4/8 bits this is the familiar "value j of a
+word sits at bits j*bits"; for 3/5/6 bits values straddle bytes the same way MLX lays them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass
+class Affine:
+    """One quantized matrix, unpacked: q (rows, cols) uint8, scales/biases (rows, cols // group_size)."""
+
+    q: np.ndarray
+    scales: np.ndarray
+    biases: np.ndarray
+    bits: int
+    group_size: int
+
+    def packed(self) -> np.ndarray:
+        return pack(self.q, self.bits)
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize_unpacked(self.q, self.scales, self.biases, self.group_size)
+
+
+def pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """(..., n) uint8 values < 2**bits -> (..., n * bits // 32) uint32, MLX's layout."""
+    *lead, n = q.shape
+    if (n * bits) % 32:
+        raise ValueError(f"row of {n} {bits}-bit values does not fill whole uint32 words")
+    q = np.ascontiguousarray(q, dtype=np.uint8)
+    if bits == 8:
+        return q.view(np.uint32).reshape(*lead, n // 4)
+    if bits in (2, 4):
+        per = 8 // bits
+        q = q.reshape(*lead, n // per, per).astype(np.uint8)
+        shifts = (np.arange(per, dtype=np.uint8) * bits)
+        packed = np.bitwise_or.reduce(q << shifts, axis=-1).astype(np.uint8)
+        return packed.view(np.uint32).reshape(*lead, n * bits // 32)
+    bitstream = np.unpackbits(q[..., None], axis=-1, count=bits, bitorder="little")  # (..., n, bits)
+    packed = np.packbits(bitstream.reshape(*lead, n * bits), axis=-1, bitorder="little")
+    return packed.view(np.uint32).reshape(*lead, n * bits // 32)
+
+
+def unpack(w: np.ndarray, bits: int) -> np.ndarray:
+    """(..., words) uint32 -> (..., words * 32 // bits) uint8: the inverse of :func:`pack`."""
+    *lead, words = w.shape
+    n = words * 32 // bits
+    b = np.ascontiguousarray(w, dtype=np.uint32).view(np.uint8).reshape(*lead, words * 4)
+    if bits == 8:
+        return b.copy()
+    if bits in (2, 4):
+        per = 8 // bits
+        shifts = (np.arange(per, dtype=np.uint8) * bits)
+        return ((b[..., None] >> shifts) & ((1 << bits) - 1)).reshape(*lead, n).astype(np.uint8)
+    bitstream = np.unpackbits(b, axis=-1, bitorder="little").reshape(*lead, n, bits)
+    return np.packbits(bitstream, axis=-1, bitorder="little")[..., 0]
+
+
+def dequantize_unpacked(q, scales, biases, group_size: int) -> np.ndarray:
+    """float32 (..., n) = scale * q + bias, scales/biases upcast to float32 first."""
+    *lead, n = q.shape
+    g = q.reshape(*lead, n // group_size, group_size).astype(np.float32)
+    s = np.asarray(scales, dtype=np.float32)[..., None]
+    b = np.asarray(biases, dtype=np.float32)[..., None]
+    return (g * s + b).reshape(*lead, n)
+
+
+def dequantize(w, scales, biases, bits: int, group_size: int) -> np.ndarray:
+    """MLX's dequantize for packed uint32 weights, in float32."""
+    return dequantize_unpacked(unpack(w, bits), scales, biases, group_size)
+
+
+def bits_per_weight(bits: int, group_size: int, scale_bits: int = 16) -> float:
+    """Storage cost per weight including one scale and one bias per group."""
+    return bits + 2 * scale_bits / group_size
+
+
+def quantize(w: np.ndarray, bits: int, group_size: int, scale_dtype: str = "float16") -> Affine:
+    """Min-max affine quantization per group (placeholder; to be made bit-identical to mx.quantize)."""
+    w = np.asarray(w, dtype=np.float32)
+    *lead, n = w.shape
+    g = w.reshape(*lead, n // group_size, group_size)
+    lo, hi = g.min(-1), g.max(-1)
+    n_bins = (1 << bits) - 1
+    scale = np.maximum((hi - lo) / n_bins, 1e-7)
+    sd = np.float16 if scale_dtype == "float16" else np.float32
+    scale = scale.astype(sd)
+    bias = lo.astype(sd)
+    q = np.clip(np.rint((g - bias[..., None].astype(np.float32)) / scale[..., None].astype(np.float32)), 0, n_bins)
+    return Affine(q.reshape(*lead, n).astype(np.uint8), scale, bias, bits, group_size)
