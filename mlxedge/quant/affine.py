@@ -86,15 +86,49 @@ def bits_per_weight(bits: int, group_size: int, scale_bits: int = 16) -> float:
 
 
 def quantize(w: np.ndarray, bits: int, group_size: int, scale_dtype: str = "float16") -> Affine:
-    """Min-max affine quantization per group (placeholder; to be made bit-identical to mx.quantize)."""
-    w = np.asarray(w, dtype=np.float32)
-    *lead, n = w.shape
-    g = w.reshape(*lead, n // group_size, group_size)
-    lo, hi = g.min(-1), g.max(-1)
-    n_bins = (1 << bits) - 1
-    scale = np.maximum((hi - lo) / n_bins, 1e-7)
-    sd = np.float16 if scale_dtype == "float16" else np.float32
-    scale = scale.astype(sd)
-    bias = lo.astype(sd)
-    q = np.clip(np.rint((g - bias[..., None].astype(np.float32)) / scale[..., None].astype(np.float32)), 0, n_bins)
-    return Affine(q.reshape(*lead, n).astype(np.uint8), scale, bias, bits, group_size)
+    """MLX's affine quantization, bit for bit: `mx.quantize(mx.array(w), group_size, bits)`.
+
+    Follows MLX's CPU kernel (mlx/backend/cpu/quantized.cpp `quantize`), all in float32: per group
+    the step is max((max - min) / (2**bits - 1), 1e-7), signed so that the endpoint of larger
+    magnitude (the "edge") sits at a level q0 = rint(edge / step); when q0 != 0 the step becomes
+    edge / q0 and the bias the edge itself, so the edge is exact and 0 lands on level -q0. Levels use
+    the float32 step; scales/biases are rounded to `scale_dtype` ("float16", "float32", or
+    "bfloat16" -> uint16 bit patterns) only on output, as MLX does for 16-bit inputs. So for float16
+    (bfloat16) values this equals mx.quantize of the float16 (bfloat16) array. Input must be finite.
+    (MLX's Metal kernel differs in corner cases: it rounds half away from zero and clamps max >= 0.)
+    """
+    if bits not in BITS or group_size not in GROUP_SIZES:
+        raise ValueError(f"MLX affine supports bits {BITS} and group sizes {GROUP_SIZES}, not {bits}/{group_size}")
+    x = np.asarray(w).astype(np.float32)  # float16/bfloat16 -> float32 is exact
+    *lead, n = x.shape
+    if n % group_size:
+        raise ValueError(f"last axis {n} is not a multiple of group_size {group_size}")
+    g = x.reshape(*lead, n // group_size, group_size)  # (..., n_groups, group_size)
+    n_bins = np.float32((1 << bits) - 1)
+
+    w_max, w_min = g.max(-1), g.min(-1)  # (..., n_groups)
+    negative_edge = np.abs(w_min) > np.abs(w_max)
+    step = np.maximum((w_max - w_min) / n_bins, np.float32(1e-7))
+    step = np.where(negative_edge, step, -step)
+    edge = np.where(negative_edge, w_min, w_max)
+    q0 = np.rint(edge / step)
+    at_zero = q0 == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(at_zero, step, edge / q0)
+    bias = np.where(at_zero, np.float32(0), edge)
+
+    q = np.rint((g - bias[..., None]) / step[..., None])  # std::rint: half to even, like np.rint
+    q = np.clip(q, 0, n_bins).astype(np.uint8).reshape(*lead, n)
+    return Affine(q, _cast_params(step, scale_dtype), _cast_params(bias, scale_dtype), bits, group_size)
+
+
+def _cast_params(x: np.ndarray, scale_dtype: str) -> np.ndarray:
+    if scale_dtype == "float32":
+        return x.astype(np.float32)
+    if scale_dtype == "float16":
+        return x.astype(np.float16)
+    if scale_dtype == "bfloat16":
+        from ..formats.bundle import to_bf16_bits
+
+        return to_bf16_bits(x)
+    raise ValueError(f"scale_dtype must be float16, bfloat16 or float32, not {scale_dtype!r}")
