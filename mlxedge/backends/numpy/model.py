@@ -1,0 +1,68 @@
+"""The decoder skeleton every NumPy architecture shares: embed -> blocks -> norm -> lm_head."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ...errors import MlxEdgeError
+from .cache import KVCache
+from .weights import Embedding, Linear
+
+
+class Block(Protocol):
+    def __call__(self, h: np.ndarray, cache: KVCache, layer: int) -> np.ndarray: ...
+
+
+class NumpyModel:
+    """A causal LM in float32 NumPy: `forward(tokens, cache) -> logits (T, vocab)`.
+
+    Built by the architecture modules (llama.py, gemma3.py, phi3.py); use `load(directory)`.
+    """
+
+    def __init__(self, config: dict, embed: Embedding, blocks: list[Block],
+                 norm: Callable[[np.ndarray], np.ndarray], lm_head: Linear,
+                 embed_scale: float = 1.0, logit_softcap: float | None = None):
+        self.config = config
+        self.embed = embed
+        self.blocks = blocks
+        self.norm = norm
+        self.lm_head = lm_head
+        self.embed_scale = embed_scale
+        self.logit_softcap = logit_softcap
+        self.vocab_size = lm_head.out_features
+
+    def make_cache(self) -> KVCache:
+        """An empty KV cache for this model (keep it across calls for incremental decoding)."""
+        return KVCache(len(self.blocks))
+
+    def forward(self, tokens, cache: KVCache | None = None, *, last_only: bool = False) -> np.ndarray:
+        """Logits (T, vocab) float32 for `tokens` (T,) placed after what `cache` holds.
+
+        Without a cache the tokens form the whole sequence. With one, they continue it
+        (prefill with T > 1 or decode with T == 1) and the cache is extended.
+        `last_only=True` returns only the last position's logits, (1, vocab).
+        """
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise MlxEdgeError("forward() needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.embed_rows:
+            raise MlxEdgeError(f"token id out of range 0..{self.embed_rows - 1}")
+        cache = cache if cache is not None else self.make_cache()
+        h = self.embed(ids)  # (T, hidden)
+        if self.embed_scale != 1.0:
+            h = h * np.float32(self.embed_scale)
+        for i, block in enumerate(self.blocks):
+            h = block(h, cache, i)
+        cache.advance(len(ids))
+        if last_only:
+            h = h[-1:]
+        logits = self.lm_head(self.norm(h))  # (T, vocab)
+        if self.logit_softcap:
+            logits = np.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits.astype(np.float32, copy=False)
+
+    @property
+    def embed_rows(self) -> int:
+        return self.vocab_size

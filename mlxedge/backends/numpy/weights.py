@@ -1,0 +1,199 @@
+"""Bundle tensors -> float32 matrices for the NumPy backend, dequantizing MLX affine weights.
+
+A module `p` is quantized when the bundle has `p.scales`; its bits/group size come from
+`config["quantization"][p]` when that is a dict (mlx-lm's per-module overrides), else from the
+top-level `config["quantization"]`. Every tensor must be consumed by the model builder:
+`check_all_used()` fails loudly on leftovers, as a converter should.
+
+Two ways to hold weights (`lean`):
+- default: dequantize once at load, keep float32 transposed `(in, out)` so `x @ wt` is one BLAS
+  call. Memory is 4 bytes per parameter (SmolLM2-135M: ~540 MB).
+- lean: keep the memory-mapped packed arrays and dequantize a matrix on every call. Memory stays
+  near the bundle's size; every token pays a full dequantization, so it is many times slower.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import MlxEdgeError
+from ...formats.bundle import read_weights
+from ...quant import affine
+
+
+class Linear:
+    """y = x @ W.T + b with W (out, in). Dense: W.T stored contiguous; lean: dequantized per call."""
+
+    def __init__(self, wt: np.ndarray | None, bias: np.ndarray | None = None, lazy=None):
+        self.wt = wt            # (in, out) float32, contiguous; None when lazy
+        self.bias = bias        # (out,) float32 or None
+        self.lazy = lazy        # () -> W (out, in) float32, for lean mode
+        self.out_features = (wt.shape[1] if wt is not None else lazy.out_features)
+
+    def matrix_t(self) -> np.ndarray:
+        """W.T as (in, out) float32 (a fresh dequantization in lean mode)."""
+        return self.wt if self.wt is not None else self.lazy().T
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = x @ self.matrix_t()  # (T, out)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+def fuse(linears: list[Linear]) -> "Fused":
+    """One matmul for several projections of the same input (q/k/v, gate/up) when dense."""
+    return Fused(linears)
+
+
+class Fused:
+    def __init__(self, linears: list[Linear]):
+        self.sizes = [lin.out_features for lin in linears]
+        self.parts = linears
+        self.one = None
+        if all(lin.wt is not None for lin in linears):
+            wt = np.ascontiguousarray(np.concatenate([lin.wt for lin in linears], axis=1))
+            if any(lin.bias is not None for lin in linears):
+                bias = np.concatenate([lin.bias if lin.bias is not None else np.zeros(n, np.float32)
+                                       for lin, n in zip(linears, self.sizes)])
+            else:
+                bias = None
+            self.one = Linear(wt, bias)
+            for lin in linears:  # the fused copy replaces them; drop the originals' memory
+                lin.wt = None
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.one is None:
+            return [lin(x) for lin in self.parts]
+        y = self.one(x)  # (T, sum(sizes))
+        return np.split(y, np.cumsum(self.sizes)[:-1], axis=-1)
+
+
+class _LazyAffine:
+    """Packed weights kept memory-mapped; dequantized on each call (lean mode)."""
+
+    def __init__(self, w, scales, biases, bits, group_size):
+        self.w, self.scales, self.biases = w, scales, biases
+        self.bits, self.group_size = bits, group_size
+        self.out_features = w.shape[0]
+
+    def __call__(self) -> np.ndarray:
+        return affine.dequantize(self.w, self.scales, self.biases, self.bits, self.group_size)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return affine.dequantize(self.w[ids], self.scales[ids], self.biases[ids],
+                                 self.bits, self.group_size)
+
+
+class _LazyFloat:
+    def __init__(self, w):
+        self.w = w
+        self.out_features = w.shape[0]
+
+    def __call__(self) -> np.ndarray:
+        return np.asarray(self.w, dtype=np.float32)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.w[ids], dtype=np.float32)
+
+
+class Embedding:
+    """Token lookup, and the transposed use as a tied output projection."""
+
+    def __init__(self, table_t: np.ndarray | None = None, table: np.ndarray | None = None, lazy=None):
+        self.table_t = table_t  # (dim, vocab): serves both lookup and tied lm_head
+        self.table = table      # (vocab, dim): when the model is untied
+        self.lazy = lazy
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        if self.table is not None:
+            return self.table[ids]  # (T, dim)
+        if self.table_t is not None:
+            return np.ascontiguousarray(self.table_t[:, ids].T)  # (T, dim)
+        return self.lazy.rows(ids)
+
+    def as_linear(self) -> Linear:
+        if self.table_t is None and self.table is not None:
+            self.table_t, self.table = np.ascontiguousarray(self.table.T), None
+        if self.table_t is not None:
+            return Linear(self.table_t)
+        return Linear(None, lazy=self.lazy)
+
+
+class Weights:
+    """The bundle's tensors, handed out as float32 layers; remembers which were used."""
+
+    def __init__(self, directory: str | Path, config: dict, lean: bool = False):
+        self.raw = read_weights(directory)
+        self.quant = config.get("quantization") or {}
+        self.lean = lean
+        self.used: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return name in self.raw
+
+    def vector(self, name: str) -> np.ndarray:
+        """A float tensor (norm weights, biases) as contiguous float32."""
+        if name not in self.raw:
+            raise MlxEdgeError(f"bundle is missing tensor {name}")
+        self.used.add(name)
+        return np.array(self.raw[name], dtype=np.float32)
+
+    def _quant_params(self, prefix: str, w: np.ndarray, scales: np.ndarray) -> tuple[int, int]:
+        spec = self.quant.get(prefix)
+        if not isinstance(spec, dict):
+            spec = self.quant
+        if spec.get("mode", "affine") != "affine":
+            raise MlxEdgeError(f"{prefix}: quantization mode {spec.get('mode')} is not supported")
+        bits, group_size = spec.get("bits"), spec.get("group_size")
+        if bits is None or group_size is None:
+            raise MlxEdgeError(f"{prefix} is quantized but config.json has no bits/group_size for it")
+        in_dims = w.shape[-1] * 32 // bits
+        if in_dims != scales.shape[-1] * group_size:
+            raise MlxEdgeError(f"{prefix}: weight {w.shape} and scales {scales.shape} do not match "
+                               f"{bits}-bit quantization with group size {group_size}")
+        return bits, group_size
+
+    def _source(self, prefix: str):
+        """(dense (out, in) float32 or None, lazy source or None) for `prefix.weight`."""
+        name = f"{prefix}.weight"
+        if name not in self.raw:
+            raise MlxEdgeError(f"bundle is missing tensor {name}")
+        w = self.raw[name]
+        self.used.add(name)
+        if f"{prefix}.scales" in self.raw:
+            scales, biases = self.raw[f"{prefix}.scales"], self.raw.get(f"{prefix}.biases")
+            if biases is None:
+                raise MlxEdgeError(f"{prefix} has scales but no biases (only affine quantization is supported)")
+            self.used.update({f"{prefix}.scales", f"{prefix}.biases"})
+            bits, group_size = self._quant_params(prefix, w, scales)
+            lazy = _LazyAffine(w, scales, biases, bits, group_size)
+        else:
+            lazy = _LazyFloat(w)
+        return lazy
+
+    def linear(self, prefix: str) -> Linear:
+        """`prefix.weight` (+ `prefix.bias` if present) as a Linear."""
+        lazy = self._source(prefix)
+        bias = self.vector(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
+        if self.lean:
+            return Linear(None, bias, lazy=lazy)
+        return Linear(np.ascontiguousarray(lazy().T), bias)
+
+    def embedding(self, prefix: str, tied: bool) -> Embedding:
+        lazy = self._source(prefix)
+        if self.lean:
+            return Embedding(lazy=lazy)
+        table = lazy()  # (vocab, dim)
+        if tied:  # one transposed copy serves lookup and lm_head
+            return Embedding(table_t=np.ascontiguousarray(table.T))
+        return Embedding(table=np.ascontiguousarray(table))
+
+    def check_all_used(self) -> None:
+        left = sorted(set(self.raw) - self.used)
+        if left:
+            more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
+            raise MlxEdgeError(f"bundle has tensors this architecture does not use: "
+                               f"{', '.join(left[:5])}{more}")
