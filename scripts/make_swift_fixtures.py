@@ -1,0 +1,198 @@
+"""Write the fixtures and goldens that `swift test` (swift/Tests/MLXEdgeTests) compares against.
+
+Every golden comes from an independent Python implementation: token ids from Hugging Face
+`tokenizers`, chat renderings from jinja2 the way transformers renders templates, logits from
+mlx-lm. Small files go to swift/Tests/MLXEdgeTests/Fixtures (committed); real-model bundles
+go to swift/Generated (ignored; the real-model tests skip when it is absent).
+
+    .venv/bin/python scripts/make_swift_fixtures.py [--only tokenizers,templates,tiny,real]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "swift" / "Tests" / "MLXEdgeTests" / "Fixtures"
+GENERATED = ROOT / "swift" / "Generated"
+SITE = Path(json.__file__).parent  # stdlib; site-packages is found below
+TRAIN_TEXTS = ("pydantic-*.dist-info/METADATA", "tqdm-*.dist-info/METADATA")
+
+# Strings that break naive tokenizers: whitespace runs, CRLF, unicode, emoji, CJK, digits,
+# special tokens written in text.
+HARD_STRINGS = [
+    "Hello world",
+    "",
+    " ",
+    "a",
+    "  leading spaces",
+    "trailing spaces   ",
+    "multiple     spaces    between   words",
+    "tabs\tand\t\ttabs",
+    "CRLF line\r\nnext line\r\n",
+    "\n\n\nnewlines\n",
+    "unicode: café naïve résumé façade Ünïcödé",
+    "combining e\u0301 and precomposed \u00e9",
+    "emoji: 😀👍🏽👨‍👩‍👧 🇫🇷 ❤️",
+    "CJK: 日本語のテキスト 中文字符 한국어",
+    "Русский текст, Ελληνικά, עברית, العربية, नमस्ते",
+    "digits 1234567890 3.14159 1,000,000 2024-01-31",
+    "It's we're they'll I'd CAPS'S don'T",
+    "zero\u200bwidth and non-breaking\u00a0space, vertical\u000btab, next\u0085line",
+    "math ∑∫√∞≠≤ and arrows →⇒↔",
+    "def f(x):\n    return x ** 2  # comment\n\n\tpass",
+    "https://example.com/path?q=1&r=two#frag",
+    "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n",
+    "<s>bos inside</s> and <unk>",
+    "<start_of_turn>user\nhello<end_of_turn>\n",
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+    "a<|im_end|>b <|im_end|> c",
+    "ends with special<|endoftext|>",
+    "~!@#$%^&*()_+`-=[]{}|;':\",./<>?",
+]
+
+
+def site_packages() -> Path:
+    import numpy
+
+    return Path(numpy.__file__).resolve().parents[1]
+
+
+def training_text() -> str:
+    sp = site_packages()
+    parts = []
+    for pattern in TRAIN_TEXTS:
+        for p in sorted(sp.glob(pattern)):
+            parts.append(p.read_text(encoding="utf-8", errors="replace"))
+    # A few lines in other scripts so the vocab is not pure ASCII.
+    parts.append("café naïve résumé Ünïcödé 日本語 中文 한국어 Русский Ελληνικά 😀 " * 20)
+    return "\n".join(parts)
+
+
+# -- tokenizers ----------------------------------------------------------------------------------
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _byte_level(pre_tokenizer, specials, vocab_size=1200, post=None, normalizer=None, ignore_merges=False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(training_text().splitlines(), trainer)
+    if post is not None:
+        tok.post_processor = post
+    return tok
+
+
+def _sentencepiece_style(metaspace: bool):
+    """Llama 2 / Gemma style: ▁ for spaces, byte fallback for characters outside the vocab."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=["<unk>", "<s>", "</s>"],
+                                  limit_alphabet=80, show_progress=False)
+    tok.train_from_iterator(training_text().splitlines(), trainer)
+    # Rebuild with byte tokens <0x00>..<0xFF> after the specials, as SentencePiece vocabularies have.
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    order = sorted(vocab, key=vocab.get)
+    new = {t: i for i, t in enumerate(order[:3])}
+    for b in range(256):
+        new[f"<0x{b:02X}>"] = len(new)
+    for t in order[3:]:
+        new.setdefault(t, len(new))
+    spec["model"].update(vocab=new, byte_fallback=True, unk_token="<unk>", fuse_unk=True)
+    for a in spec["added_tokens"]:
+        a["id"] = new[a["content"]]
+    tok = Tokenizer.from_str(json.dumps(spec))
+    if metaspace:  # newer Gemma-like files: Metaspace pre-tokenizer and decoder
+        tok.normalizer = None
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    else:  # Llama 2 tokenizer.json: normalizer Prepend+Replace, no pre-tokenizer
+        tok.pre_tokenizer = None
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def make_tokenizers(out: Path) -> list[str]:
+    from tokenizers import Regex, normalizers, pre_tokenizers, processors
+
+    from tokenizers import AddedToken
+
+    made = {
+        "gpt2_bytelevel": _byte_level(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), SPECIALS),
+        "smollm2_style": _byte_level(pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]), SPECIALS),
+        "llama3_style": _byte_level(pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+            ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            post=processors.Sequence([processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(
+                single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])]),
+            ignore_merges=True),
+        "qwen2_style": _byte_level(pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), SPECIALS,
+            normalizer=normalizers.NFC()),
+        "llama2_style": _sentencepiece_style(metaspace=False),
+        "gemma_style": _sentencepiece_style(metaspace=True),
+    }
+    # Added tokens with strip rules and a non-special added token, as Phi-3 has.
+    made["qwen2_style"].add_tokens([AddedToken("<tool_call>", special=False, normalized=False)])
+    made["gpt2_bytelevel"].add_special_tokens([AddedToken("<|end|>", rstrip=True, special=True, normalized=False)])
+    made["llama2_style"].add_special_tokens(["<start_of_turn>", "<end_of_turn>"])
+    names = []
+    for name, tok in made.items():
+        d = out / "tokenizers" / name
+        d.mkdir(parents=True, exist_ok=True)
+        tok.save(str(d / "tokenizer.json"))
+        write_tokenizer_goldens(d)
+        names.append(name)
+    return names
+
+
+def write_tokenizer_goldens(d: Path, strings=HARD_STRINGS) -> None:
+    """goldens.json beside tokenizer.json: ids (with and without special tokens) and decodes."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    cases = []
+    for s in strings:
+        ids = tok.encode(s, add_special_tokens=False).ids
+        cases.append({"text": s, "ids": ids, "ids_special": tok.encode(s).ids,
+                      "decoded": tok.decode(ids, skip_special_tokens=False),
+                      "decoded_skip": tok.decode(ids, skip_special_tokens=True)})
+    (d / "goldens.json").write_text(json.dumps(cases, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="tokenizers,templates,tiny,real")
+    args = ap.parse_args()
+    parts = set(args.only.split(","))
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    if "tokenizers" in parts:
+        print("tokenizers:", ", ".join(make_tokenizers(FIXTURES)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+import Foundation
+
+/// A `{"String": ...}` or `{"Regex": ...}` pattern from tokenizer.json.
+///
+/// Regexes are written for Oniguruma (the Rust `tokenizers` library); ICU (NSRegularExpression) reads
+/// the same syntax, except that its `\s` omits U+000B and U+0085, so `\s`/`\S` become `\p{White_Space}`.
+struct Pattern: @unchecked Sendable {  // NSRegularExpression is immutable and thread-safe
+    enum Kind { case literal(String), regex(NSRegularExpression) }
+    let kind: Kind
+
+    init(json: Any?) throws {
+        guard let obj = json as? [String: Any] else { throw MLXEdgeError.tokenizer("pattern is not an object") }
+        if let s = obj["String"] as? String {
+            kind = .literal(s)
+        } else if let r = obj["Regex"] as? String {
+            do {
+                kind = .regex(try NSRegularExpression(pattern: Pattern.icu(r)))
+            } catch {
+                throw MLXEdgeError.tokenizer("cannot compile the pre-tokenizer regex \(r)")
+            }
+        } else {
+            throw MLXEdgeError.tokenizer("pattern needs String or Regex")
+        }
+    }
+
+    /// Rewrite Oniguruma-only escapes for ICU.
+    static func icu(_ pattern: String) -> String {
+        var out = ""
+        var it = pattern.makeIterator()
+        while let c = it.next() {
+            guard c == "\\", let n = it.next() else { out.append(c); continue }
+            switch n {
+            case "s": out += "\\p{White_Space}"
+            case "S": out += "\\P{White_Space}"
+            default: out.append(c); out.append(n)
+            }
+        }
+        return out
+    }
+
+    /// Non-overlapping matches, left to right, as ranges of `s`.
+    func matches(in s: String) -> [Range<String.Index>] {
+        switch kind {
+        case .literal(let lit):
+            guard !lit.isEmpty else { return [] }
+            var out: [Range<String.Index>] = []
+            var start = s.startIndex
+            while let r = s.range(of: lit, options: .literal, range: start..<s.endIndex) {
+                out.append(r)
+                start = r.upperBound
+            }
+            return out
+        case .regex(let re):
+            let ns = NSRange(s.startIndex..<s.endIndex, in: s)
+            return re.matches(in: s, range: ns).compactMap { m in
+                m.range.length == 0 ? nil : Range(m.range, in: s)
+            }
+        }
+    }
+
+    func replacingAll(in s: String, with content: String) -> String {
+        switch kind {
+        case .literal(let lit):
+            return lit.isEmpty ? s : s.replacingOccurrences(of: lit, with: content, options: .literal)
+        case .regex(let re):
+            let ns = NSRange(s.startIndex..<s.endIndex, in: s)
+            return re.stringByReplacingMatches(in: s, range: ns, withTemplate: NSRegularExpression.escapedTemplate(for: content))
+        }
+    }
+}
+
+/// How `Split` keeps the delimiters it finds (tokenizers' `SplitDelimiterBehavior`).
+enum SplitBehavior: String, Sendable {
+    case removed = "Removed", isolated = "Isolated", mergedWithPrevious = "MergedWithPrevious"
+    case mergedWithNext = "MergedWithNext", contiguous = "Contiguous"
+}
+
+/// Split `s` at `matches` (the delimiters), keeping them as `behavior` says; empty pieces are dropped.
+func split(_ s: String, at matches: [Range<String.Index>], behavior: SplitBehavior, invert: Bool = false) -> [String] {
+    // (piece, isDelimiter) in order, covering all of s. Slices go through the scalar view: a
+    // match may end inside a grapheme cluster (a letter before its combining mark).
+    let u = s.unicodeScalars
+    var parts: [(String, Bool)] = []
+    var pos = s.startIndex
+    for m in matches {
+        if pos < m.lowerBound { parts.append((String(u[pos..<m.lowerBound]), invert)) }
+        parts.append((String(u[m]), !invert))
+        pos = m.upperBound
+    }
+    if pos < s.endIndex { parts.append((String(u[pos..<s.endIndex]), invert)) }
+
+    var out: [String] = []
+    switch behavior {
+    case .removed:
+        out = parts.filter { !$0.1 }.map { $0.0 }
+    case .isolated:
+        out = parts.map { $0.0 }
+    case .contiguous:
+        var lastWasDelimiter = false
+        for (p, isDelim) in parts {
+            if isDelim == lastWasDelimiter, !out.isEmpty { out[out.count - 1] += p } else { out.append(p) }
+            lastWasDelimiter = isDelim
+        }
+    case .mergedWithPrevious:
+        var lastWasDelimiter = false
+        for (p, isDelim) in parts {
+            if isDelim && !lastWasDelimiter, !out.isEmpty { out[out.count - 1] += p } else { out.append(p) }
+            lastWasDelimiter = isDelim
+        }
+    case .mergedWithNext:
+        // Walk from the right: a delimiter joins the piece after it unless that piece is a delimiter.
+        var previousWasDelimiter = false
+        for (p, isDelim) in parts.reversed() {
+            if isDelim && !previousWasDelimiter, !out.isEmpty { out[out.count - 1] = p + out[out.count - 1] } else { out.append(p) }
+            previousWasDelimiter = isDelim
+        }
+        out.reverse()
+    }
+    return out.filter { !$0.isEmpty }
+}
