@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 FIXTURES = ROOT / "swift" / "Tests" / "MLXEdgeTests" / "Fixtures"
 GENERATED = ROOT / "swift" / "Generated"
 SITE = Path(json.__file__).parent  # stdlib; site-packages is found below
@@ -163,7 +164,7 @@ def make_tokenizers(out: Path) -> list[str]:
     for name, tok in made.items():
         d = out / "tokenizers" / name
         d.mkdir(parents=True, exist_ok=True)
-        tok.save(str(d / "tokenizer.json"))
+        tok.save(str(d / "tokenizer.json"), pretty=False)
         write_tokenizer_goldens(d)
         names.append(name)
     return names
@@ -180,7 +181,75 @@ def write_tokenizer_goldens(d: Path, strings=HARD_STRINGS) -> None:
         cases.append({"text": s, "ids": ids, "ids_special": tok.encode(s).ids,
                       "decoded": tok.decode(ids, skip_special_tokens=False),
                       "decoded_skip": tok.decode(ids, skip_special_tokens=True)})
-    (d / "goldens.json").write_text(json.dumps(cases, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    (d / "goldens.json").write_text(json.dumps(cases, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# -- tiny models ---------------------------------------------------------------------------------
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+# (name, arch, tiny_bundle keyword arguments): every architecture float and quantized, every bit
+# width, F32/F16/BF16 weights and scales, per-module overrides, rope scaling variants.
+TINY = [
+    ("llama_f32", "llama", {}),
+    ("llama_q4_bf16", "llama", {"dtype": "bfloat16", "quantize": {"bits": 4, "group_size": 32},
+                                "rope_scaling": LLAMA3_ROPE}),
+    ("llama_mixed", "llama", {"dtype": "float16", "quantize": "MIXED"}),
+    ("llama_q2", "llama", {"dtype": "float16", "quantize": {"bits": 2, "group_size": 64}}),
+    ("llama_q3", "llama", {"dtype": "float16", "quantize": {"bits": 3, "group_size": 32}}),
+    ("llama_q5", "llama", {"dtype": "float16", "quantize": {"bits": 5, "group_size": 64}}),
+    ("llama_q6", "llama", {"dtype": "float32", "quantize": {"bits": 6, "group_size": 32}}),
+    ("qwen2_f16", "qwen2", {"dtype": "float16"}),
+    ("qwen2_q4", "qwen2", {"dtype": "float16", "quantize": {"bits": 4, "group_size": 32}}),
+    ("qwen3_bf16", "qwen3", {"dtype": "bfloat16"}),
+    ("qwen3_q8", "qwen3", {"dtype": "float16", "quantize": {"bits": 8, "group_size": 64}}),
+    ("gemma3_f16", "gemma3_text", {"dtype": "float16"}),
+    ("gemma3_q4", "gemma3_text", {"dtype": "float16", "quantize": {"bits": 4, "group_size": 32}}),
+    ("phi3_f16", "phi3", {"dtype": "float16"}),
+    ("phi3_mixed_longrope", "phi3", {
+        "dtype": "float16", "quantize": "MIXED", "partial_rotary_factor": 0.5,
+        "max_position_embeddings": 16384, "original_max_position_embeddings": 4096,
+        "rope_scaling": {"type": "longrope", "long_factor": [1.0, 1.5, 2.0, 4.0],
+                         "short_factor": [1.0, 1.0, 1.0, 1.0]}}),
+]
+TOKENS = [256, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 257, 200, 3]
+PREFILL = 7      # the Swift test prefills this many tokens, then decodes the rest one by one
+GENERATE = 8     # greedy tokens after TOKENS
+
+
+def make_tiny(out: Path) -> list[str]:
+    """Tiny random bundles (mlxedge.testing.tiny_bundle) with mlx-lm logits as goldens."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+    from mlx_lm.generate import generate_step
+    from mlxedge import testing
+
+    names = []
+    root = out / "tiny"
+    shutil.rmtree(root, ignore_errors=True)
+    for name, arch, kwargs in TINY:
+        kwargs = dict(kwargs)
+        if kwargs.get("quantize") == "MIXED":
+            kwargs["quantize"] = testing.MIXED
+        # Smaller than tiny_bundle's default so the committed fixtures stay small.
+        kwargs.setdefault("vocab_size", 272)
+        if "quantize" not in kwargs:
+            kwargs.update(hidden_size=32, intermediate_size=64)
+        d = testing.tiny_bundle(arch, root / name, seed=len(names), **kwargs)
+        model, _ = load(str(d))
+        model.set_dtype(mx.float32)  # the same weights, computed in float32 like the Swift runtime
+        logits = model(mx.array(TOKENS)[None])[0].astype(mx.float32)  # (T, vocab)
+        mx.eval(logits)
+        np.asarray(logits, dtype="<f4").tofile(d / "golden_logits.f32")
+        greedy = []
+        for tok, _ in generate_step(mx.array(TOKENS), model, max_tokens=GENERATE):
+            greedy.append(int(tok))
+        (d / "golden.json").write_text(json.dumps({
+            "tokens": TOKENS, "prefill": PREFILL, "vocab_size": int(logits.shape[-1]),
+            "greedy": greedy}) + "\n")
+        names.append(name)
+    return names
 
 
 def main() -> int:
@@ -191,6 +260,8 @@ def main() -> int:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     if "tokenizers" in parts:
         print("tokenizers:", ", ".join(make_tokenizers(FIXTURES)))
+    if "tiny" in parts:
+        print("tiny bundles:", ", ".join(make_tiny(FIXTURES)))
     return 0
 
 

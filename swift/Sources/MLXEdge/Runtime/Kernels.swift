@@ -1,0 +1,196 @@
+import Foundation
+#if canImport(Accelerate)
+import Accelerate
+#endif
+
+// Matrix-vector and matrix-matrix products against weights read in place from the mapped file:
+// float (F32/F16/BF16) rows are converted 8 lanes at a time, MLX affine rows are unpacked and
+// scaled per group on the fly. Nothing is dequantized ahead of time.
+
+// MARK: - element readers (static dispatch: one specialized kernel per storage type)
+
+protocol ScalarReader { static func read(_ p: UnsafeRawPointer, _ i: Int) -> Float }
+enum F32Reader: ScalarReader {
+    @inline(__always) static func read(_ p: UnsafeRawPointer, _ i: Int) -> Float { p.loadUnaligned(fromByteOffset: 4 * i, as: Float.self) }
+}
+enum F16Reader: ScalarReader {
+    @inline(__always) static func read(_ p: UnsafeRawPointer, _ i: Int) -> Float { halfToFloat(p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+}
+enum BF16Reader: ScalarReader {
+    @inline(__always) static func read(_ p: UnsafeRawPointer, _ i: Int) -> Float {
+        Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16)
+    }
+}
+
+/// Eight consecutive weights of a float row as Float lanes.
+protocol RowReader { static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> }
+extension F32Reader: RowReader {
+    @inline(__always) static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
+        p.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+    }
+}
+extension F16Reader: RowReader {
+    @inline(__always) static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
+        let h = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
+        // Exponent/mantissa moved into float position, then rebiased by 2^112 (exact, subnormals
+        // included); infinities/NaN are not expected in weights.
+        let magnitude = unsafeBitCast((h & 0x7FFF) &<< 13, to: SIMD8<Float>.self) * 0x1p112
+        return unsafeBitCast(unsafeBitCast(magnitude, to: SIMD8<UInt32>.self) | ((h & 0x8000) &<< 16), to: SIMD8<Float>.self)
+    }
+}
+extension BF16Reader: RowReader {
+    @inline(__always) static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
+        let h = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
+        return unsafeBitCast(h &<< 16, to: SIMD8<Float>.self)
+    }
+}
+
+// MARK: - MLX affine unpacking
+
+/// Packed uint32 words, read unaligned: safetensors writers (mlx included) do not align tensors.
+struct Words {
+    let base: UnsafeRawPointer
+    @inline(__always) subscript(i: Int) -> UInt32 { base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self) }
+    @inline(__always) static func + (w: Words, n: Int) -> Words { Words(base: w.base + 4 * n) }
+}
+
+/// Unpacks `groupSize` b-bit values starting at word `w` into Float lanes and returns
+/// sum(q_i * x_i) for the group (x points at the group's first input).
+protocol Unpacker {
+    static var bits: Int { get }
+    static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ groupSize: Int) -> Float
+    static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ groupSize: Int)
+}
+
+@inline(__always) func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+@inline(__always) func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+
+enum Unpack4: Unpacker {
+    static let bits = 4
+    static let shifts = SIMD8<UInt32>(0, 4, 8, 12, 16, 20, 24, 28)
+    @inline(__always) static func lanes(_ w: UInt32) -> SIMD8<Float> {
+        SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: (SIMD8<UInt32>(repeating: w) &>> shifts) & 0xF))
+    }
+    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
+        var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+        var i = 0
+        while i < gs / 8 {
+            acc0.addProduct(lanes(words[i]), load8(x + 8 * i))
+            acc1.addProduct(lanes(words[i + 1]), load8(x + 8 * i + 8))
+            i += 2
+        }
+        return (acc0 + acc1).sum()
+    }
+    @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
+        for i in 0..<(gs / 8) { store8(lanes(words[i]), out + 8 * i) }
+    }
+}
+
+enum Unpack8: Unpacker {
+    static let bits = 8
+    static let shifts = SIMD8<UInt32>(0, 8, 16, 24, 0, 8, 16, 24)
+    @inline(__always) static func lanes(_ a: UInt32, _ b: UInt32) -> SIMD8<Float> {
+        let w = SIMD8<UInt32>(a, a, a, a, b, b, b, b)
+        return SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: (w &>> shifts) & 0xFF))
+    }
+    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
+        var acc = SIMD8<Float>()
+        for i in 0..<(gs / 8) { acc.addProduct(lanes(words[2 * i], words[2 * i + 1]), load8(x + 8 * i)) }
+        return acc.sum()
+    }
+    @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
+        for i in 0..<(gs / 8) { store8(lanes(words[2 * i], words[2 * i + 1]), out + 8 * i) }
+    }
+}
+
+enum Unpack2: Unpacker {
+    static let bits = 2
+    static let shifts = SIMD8<UInt32>(0, 2, 4, 6, 8, 10, 12, 14)
+    @inline(__always) static func lanes(_ w: UInt32) -> SIMD8<Float> {
+        SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: (SIMD8<UInt32>(repeating: w) &>> shifts) & 0x3))
+    }
+    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
+        var acc = SIMD8<Float>()
+        for i in 0..<(gs / 16) {
+            acc.addProduct(lanes(words[i]), load8(x + 16 * i))
+            acc.addProduct(lanes(words[i] >> 16), load8(x + 16 * i + 8))
+        }
+        return acc.sum()
+    }
+    @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
+        for i in 0..<(gs / 16) {
+            store8(lanes(words[i]), out + 16 * i)
+            store8(lanes(words[i] >> 16), out + 16 * i + 8)
+        }
+    }
+}
+
+/// 3, 5 and 6 bits: values straddle words; read each from a 64-bit window of the bit stream.
+enum UnpackAny<B: BitWidth>: Unpacker {
+    static var bits: Int { B.bits }
+    @inline(__always) static func value(_ words: Words, _ i: Int) -> UInt32 {
+        let bit = i * B.bits
+        let lo = UInt64(words[bit >> 5])
+        let hi = (bit & 31) + B.bits > 32 ? UInt64(words[(bit >> 5) + 1]) << 32 : 0
+        return UInt32(truncatingIfNeeded: ((lo | hi) >> UInt64(bit & 31)) & UInt64((1 << B.bits) - 1))
+    }
+    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
+        var acc: Float = 0
+        for i in 0..<gs { acc += Float(value(words, i)) * x[i] }
+        return acc
+    }
+    @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
+        for i in 0..<gs { out[i] = Float(value(words, i)) }
+    }
+}
+protocol BitWidth { static var bits: Int { get } }
+enum Bits3: BitWidth { static let bits = 3 }
+enum Bits5: BitWidth { static let bits = 5 }
+enum Bits6: BitWidth { static let bits = 6 }
+
+// MARK: - dot products
+
+@inline(__always) func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    #if canImport(Accelerate)
+    var r: Float = 0
+    vDSP_dotpr(a, 1, b, 1, &r, vDSP_Length(n))
+    return r
+    #else
+    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+    var i = 0
+    while i + 16 <= n {
+        acc0.addProduct(load8(a + i), load8(b + i))
+        acc1.addProduct(load8(a + i + 8), load8(b + i + 8))
+        i += 16
+    }
+    var s = (acc0 + acc1).sum()
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+    #endif
+}
+
+/// Run `body(start, end)` over `0..<count` split into chunks, on all cores when the work is big enough.
+/// Chunks must write disjoint memory (our kernels each own a range of output rows).
+func parallelFor(_ count: Int, work: Int, _ body: (Int, Int) -> Void) {
+    let threads = ProcessInfo.processInfo.activeProcessorCount
+    // Below ~64k multiply-adds the dispatch costs more than it saves.
+    guard threads > 1, work >= 1 << 16, count > 1 else { body(0, count); return }
+    let chunks = min(count, threads * 4)
+    withoutActuallyEscaping(body) { body in
+        // concurrentPerform returns only when every chunk is done, so the closure (and the raw
+        // pointers it captures) never outlives this call.
+        let shared = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            shared.value(count * c / chunks, count * (c + 1) / chunks)
+        }
+    }
+}
+
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

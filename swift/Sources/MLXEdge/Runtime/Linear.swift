@@ -1,0 +1,187 @@
+import Foundation
+
+/// How one (out, in) weight matrix is stored in the bundle. Both kinds are read in place.
+enum MatrixStorage: Sendable {
+    /// F32, F16 or BF16 rows.
+    case float(Tensor)
+    /// MLX affine: `weight` U32 (out, in * bits / 32), `scales`/`biases` (out, in / groupSize);
+    /// w[r, i] = scale[r, g] * q[r, i] + bias[r, g] with g = i / groupSize.
+    case affine(weight: Tensor, scales: Tensor, biases: Tensor, bits: Int, groupSize: Int)
+}
+
+/// y = x W^T (+ b) for x (T, in), W (out, in) from the bundle.
+public final class Linear: Sendable {
+    public let inFeatures: Int
+    public let outFeatures: Int
+    let storage: MatrixStorage
+    let bias: [Float]?
+
+    init(storage: MatrixStorage, inFeatures: Int, outFeatures: Int, bias: [Float]? = nil) {
+        self.storage = storage
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        self.bias = bias
+    }
+
+    /// x (T, in) -> (T, out).
+    public func callAsFunction(_ x: [Float], rows T: Int) -> [Float] {
+        precondition(x.count == T * inFeatures, "Linear: input is \(x.count) floats, expected \(T) x \(inFeatures)")
+        var y = [Float](repeating: 0, count: T * outFeatures)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                apply(xp.baseAddress!, T, yp.baseAddress!)
+            }
+        }
+        return y
+    }
+
+    /// Row `r` of W as Float (an embedding lookup).
+    func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        switch storage {
+        case .float(let t):
+            for i in 0..<inFeatures { out[i] = t.float(r * inFeatures + i) }
+        case .affine(let w, let s, let b, let bits, let gs):
+            AffineCall(w: w, s: s, b: b, gs: gs, job: .row(r: r, out: out)).run(bits: bits)
+        }
+    }
+
+    private func apply(_ x: UnsafePointer<Float>, _ T: Int, _ y: UnsafeMutablePointer<Float>) {
+        let (I, O) = (inFeatures, outFeatures)
+        switch storage {
+        case .float(let t):
+            switch t.dtype {
+            case .f32: floatMatmul(F32Reader.self, t.data, x, T, y, I, O)
+            case .f16: floatMatmul(F16Reader.self, t.data, x, T, y, I, O)
+            case .bf16: floatMatmul(BF16Reader.self, t.data, x, T, y, I, O)
+            case .u32: fatalError("checked at load")
+            }
+        case .affine(let w, let s, let b, let bits, let gs):
+            AffineCall(w: w, s: s, b: b, gs: gs, job: .matmul(x: x, T: T, y: y, I: I, O: O)).run(bits: bits)
+        }
+        if let bias {
+            for t in 0..<T { for o in 0..<O { y[t * O + o] += bias[o] } }
+        }
+    }
+}
+
+/// What an affine kernel call needs besides the types, bundled so dispatch code stays short.
+private struct AffineCall {
+    let w: Tensor, s: Tensor, b: Tensor, gs: Int
+    let job: Job
+    enum Job {
+        case matmul(x: UnsafePointer<Float>, T: Int, y: UnsafeMutablePointer<Float>, I: Int, O: Int)
+        case row(r: Int, out: UnsafeMutablePointer<Float>)
+    }
+
+    /// Pick concrete (bits, scale dtype) types so each kernel is compiled specialized.
+    func run(bits: Int) {
+        switch bits {
+        case 2: withScales(Unpack2.self)
+        case 3: withScales(UnpackAny<Bits3>.self)
+        case 4: withScales(Unpack4.self)
+        case 5: withScales(UnpackAny<Bits5>.self)
+        case 6: withScales(UnpackAny<Bits6>.self)
+        case 8: withScales(Unpack8.self)
+        default: fatalError("bits checked at load")
+        }
+    }
+
+    private func withScales<U: Unpacker>(_ u: U.Type) {
+        switch s.dtype {
+        case .f16: go(u, F16Reader.self)
+        case .bf16: go(u, BF16Reader.self)
+        default: go(u, F32Reader.self)
+        }
+    }
+
+    private func go<U: Unpacker, S: ScalarReader>(_ u: U.Type, _ sr: S.Type) {
+        switch job {
+        case .matmul(let x, let T, let y, let I, let O): affineMatmul(u, sr, w, s, b, gs, x, T, y, I, O)
+        case .row(let r, let out): dequantizeRow(u, sr, w, s, b, gs, r, out)
+        }
+    }
+}
+
+// Generic kernels: opening the existentials here gives one specialized copy per (bits, dtype).
+
+private func dequantizeRow<U: Unpacker, S: ScalarReader>(
+    _: U.Type, _: S.Type, _ w: Tensor, _ s: Tensor, _ b: Tensor, _ gs: Int, _ r: Int, _ out: UnsafeMutablePointer<Float>
+) {
+    let I = w.shape[1] * 32 / U.bits
+    let groups = I / gs
+    let words = Words(base: w.data) + r * w.shape[1]
+    let wordsPerGroup = gs * U.bits / 32
+    for g in 0..<groups {
+        let scale = S.read(s.data, r * groups + g), bias = S.read(b.data, r * groups + g)
+        U.unpack(words + g * wordsPerGroup, out + g * gs, gs)
+        for i in 0..<gs { out[g * gs + i] = out[g * gs + i] * scale + bias }
+    }
+}
+
+private func affineMatmul<U: Unpacker, S: ScalarReader>(
+    _: U.Type, _: S.Type, _ w: Tensor, _ s: Tensor, _ b: Tensor, _ gs: Int,
+    _ x: UnsafePointer<Float>, _ T: Int, _ y: UnsafeMutablePointer<Float>, _ I: Int, _ O: Int
+) {
+    let groups = I / gs
+    let rowWords = w.shape[1]
+    let wordsPerGroup = gs * U.bits / 32
+    let packed = Words(base: w.data)
+    if T == 1 {
+        // sum_i (s q_i + b) x_i = s * sum_i q_i x_i + b * sum_i x_i: the group sums of x are shared.
+        var xsum = [Float](repeating: 0, count: groups)
+        for g in 0..<groups { for i in 0..<gs { xsum[g] += x[g * gs + i] } }
+        xsum.withUnsafeBufferPointer { xs in
+            let xsum = xs.baseAddress!
+            parallelFor(O, work: O * I) { r0, r1 in
+                for r in r0..<r1 {
+                    let words = packed + r * rowWords
+                    var acc: Float = 0
+                    for g in 0..<groups {
+                        let d = U.dot(words + g * wordsPerGroup, x + g * gs, gs)
+                        acc += S.read(s.data, r * groups + g) * d + S.read(b.data, r * groups + g) * xsum[g]
+                    }
+                    y[r] = acc
+                }
+            }
+        }
+        return
+    }
+    // Prefill: dequantize one row at a time into a small buffer and reuse it for all T inputs.
+    parallelFor(O, work: O * I * T) { r0, r1 in
+        let row = UnsafeMutablePointer<Float>.allocate(capacity: I)
+        defer { row.deallocate() }
+        for r in r0..<r1 {
+            dequantizeRow(U.self, S.self, w, s, b, gs, r, row)
+            for t in 0..<T { y[t * O + r] = dot(row, x + t * I, I) }
+        }
+    }
+}
+
+private func floatMatmul<R: RowReader & ScalarReader>(
+    _: R.Type, _ w: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ T: Int, _ y: UnsafeMutablePointer<Float>, _ I: Int, _ O: Int
+) {
+    let vectorized = I / 8 * 8
+    if T == 1 {
+        parallelFor(O, work: O * I) { r0, r1 in
+            for r in r0..<r1 {
+                var acc = SIMD8<Float>()
+                var i = 0
+                while i < vectorized { acc.addProduct(R.load8(w, r * I + i), load8(x + i)); i += 8 }
+                var sum = acc.sum()
+                while i < I { sum += R.read(w, r * I + i) * x[i]; i += 1 }
+                y[r] = sum
+            }
+        }
+        return
+    }
+    parallelFor(O, work: O * I * T) { r0, r1 in
+        let row = UnsafeMutablePointer<Float>.allocate(capacity: I)
+        defer { row.deallocate() }
+        for r in r0..<r1 {
+            var i = 0
+            while i < vectorized { store8(R.load8(w, r * I + i), row + i); i += 8 }
+            while i < I { row[i] = R.read(w, r * I + i); i += 1 }
+            for t in 0..<T { y[t * O + r] = dot(row, x + t * I, I) }
+        }
+    }
+}
