@@ -174,7 +174,8 @@ def _config_from_genai(genai: dict, graph: OnnxGraph, weights: dict[str, Weight]
 def _norm_eps(graph: OnnxGraph) -> float:
     for node in graph.nodes:
         if node.op_type in ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization"):
-            return float(np.float32(graph.attrs(node).get("epsilon", 1e-5)))
+            # the attribute is a float32: its shortest repr is the value the exporter was given
+            return float(np.format_float_positional(np.float32(graph.attrs(node).get("epsilon", 1e-5)), unique=True))
     raise MlxEdgeError("no RMS norm node in the ONNX graph; cannot derive rms_norm_eps")
 
 
