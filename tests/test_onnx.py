@@ -317,6 +317,146 @@ def test_qdq8_per_channel_and_per_tensor(tmp_path, converted):
     np.testing.assert_allclose(mlx_logits(bundle), ort_logits(folder / "model.onnx", **FLOAT_QDQ), atol=FP32_ATOL, rtol=0)
 
 
+# -- other architectures: the real llama exports, rewritten the way those exporters write them ---
+
+def _insert_after(m: onnx.ModelProto, anchor, new_nodes: list) -> None:
+    nodes = list(m.graph.node)
+    i = next(k for k, n in enumerate(nodes) if n.name == anchor.name) + 1
+    del m.graph.node[:]
+    m.graph.node.extend(nodes[:i] + new_nodes + nodes[i:])
+
+
+def _add_bias(m: onnx.ModelProto, node_name: str, bias: np.ndarray, bias_name: str) -> None:
+    """MatMul -> Add(bias) in the Linear's scope, as torch.onnx exports nn.Linear(bias=True)."""
+    node = next(n for n in m.graph.node if n.name == node_name)
+    out = node.output[0]
+    node.output[0] = out + "_nobias"
+    m.graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), bias_name))
+    _insert_after(m, node, [helper.make_node("Add", [bias_name, out + "_nobias"], [out],
+                                             name=node.name.rsplit("/", 1)[0] + "/Add")])
+
+
+def _rms_norm(m: onnx.ModelProto, anchor, scope: str, weight: np.ndarray, eps: float) -> None:
+    """Insert RMSNorm over the last axis after `anchor`, as primitive ops named in `scope`
+    (how torch.onnx exports Qwen3's q_norm / k_norm)."""
+    x = anchor.output[0]
+    y = f"{scope}/Mul_1_output_0"
+    for n in m.graph.node:
+        n.input[:] = [y if i == x else i for i in n.input]
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v), f"{scope}/{name}")  # noqa: E731
+    m.graph.initializer.extend([c("two", np.float32(2)), c("axes", np.array([-1])), c("eps", np.float32(eps)),
+                                c("one", np.float32(1)), numpy_helper.from_array(weight.astype(np.float32), scope[1:].replace("/", ".") + ".weight")])
+    t = lambda name: f"{scope}/{name}_output_0"  # noqa: E731
+    _insert_after(m, anchor, [
+        helper.make_node("Pow", [x, f"{scope}/two"], [t("Pow")], name=f"{scope}/Pow"),
+        helper.make_node("ReduceMean", [t("Pow"), f"{scope}/axes"], [t("ReduceMean")], name=f"{scope}/ReduceMean", keepdims=1),
+        helper.make_node("Add", [t("ReduceMean"), f"{scope}/eps"], [t("Add")], name=f"{scope}/Add"),
+        helper.make_node("Sqrt", [t("Add")], [t("Sqrt")], name=f"{scope}/Sqrt"),
+        helper.make_node("Div", [f"{scope}/one", t("Sqrt")], [t("Div")], name=f"{scope}/Div"),
+        helper.make_node("Mul", [x, t("Div")], [t("Mul")], name=f"{scope}/Mul"),
+        helper.make_node("Mul", [scope[1:].replace("/", ".") + ".weight", t("Mul")], [y], name=f"{scope}/Mul_1"),
+    ])
+
+
+def _assert_backends(bundle: Path, expected: np.ndarray) -> None:
+    """mlx-lm, and the NumPy backend where it is installed, both reproduce onnxruntime."""
+    np.testing.assert_allclose(mlx_logits(bundle), expected, atol=FP32_ATOL, rtol=0)
+    try:
+        from mlxedge.backends import numpy as nb
+    except ImportError:
+        return
+    np.testing.assert_allclose(nb.load(bundle).forward(IDS), expected, atol=1e-4, rtol=0)
+
+
+def _with_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_qwen2_optimum(tmp_path, converted):
+    """Qwen2 = Llama + q/k/v biases."""
+    folder = _copy(FIX / "optimum-fp32", tmp_path / "qwen2")
+    m = onnx.load(str(folder / "model.onnx"))
+    rng = np.random.default_rng(1)
+    for name in [n.name for n in m.graph.node if n.name.endswith(("q_proj/MatMul", "k_proj/MatMul", "v_proj/MatMul"))]:
+        scope = name[1:].rsplit("/", 1)[0].replace("/", ".")
+        _add_bias(m, name, rng.normal(0, 1, 64 if "q_proj" in scope else 32), f"{scope}.bias")
+    onnx.save(m, str(folder / "model.onnx"))
+    _with_config(folder, model_type="qwen2", architectures=["Qwen2ForCausalLM"])
+    bundle = converted(folder)
+    assert "model.layers.1.self_attn.v_proj.bias" in read_weights(bundle)
+    _assert_backends(bundle, ort_logits(folder / "model.onnx"))
+
+
+def test_qwen2_genai(tmp_path, converted):
+    """The genai builder adds the fused qkv bias after the fused MatMul; it is split like the weight."""
+    folder = _copy(FIX / "genai-fp32", tmp_path / "qwen2g")
+    m = onnx.load(str(folder / "model.onnx"))
+    rng = np.random.default_rng(2)
+    for name in [n.name for n in m.graph.node if n.name.endswith("qkv_proj/MatMul")]:
+        _add_bias(m, name, rng.normal(0, 1, 128), f"model.{name.split('/')[2]}.attn.qkv_proj.Add.bias")
+    (folder / "model.onnx.data").unlink()
+    onnx.save(m, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    cfg = json.loads((folder / "genai_config.json").read_text())
+    cfg["model"]["type"] = "qwen2"
+    (folder / "genai_config.json").write_text(json.dumps(cfg))
+    bundle = converted(folder)
+    assert read_config(bundle)["model_type"] == "qwen2"
+    _assert_backends(bundle, ort_logits(folder / "model.onnx"))
+
+
+def test_qwen3_optimum(tmp_path, converted):
+    """Qwen3 = Llama + RMSNorm of each query/key head (q_norm, k_norm) before RoPE."""
+    folder = _copy(FIX / "optimum-fp32", tmp_path / "qwen3")
+    m = onnx.load(str(folder / "model.onnx"))
+    rng = np.random.default_rng(3)
+    for layer in (0, 1):
+        for proj, norm in (("q_proj", "q_norm"), ("k_proj", "k_norm")):
+            src = f"/model/layers.{layer}/self_attn/{proj}/MatMul_output_0"
+            reshape = next(n for n in m.graph.node if n.op_type == "Reshape" and n.input[0] == src)  # (B, T, heads, 16)
+            _rms_norm(m, reshape, f"/model/layers.{layer}/self_attn/{norm}", rng.uniform(0.5, 1.5, 16), 1e-5)
+    onnx.save(m, str(folder / "model.onnx"))
+    _with_config(folder, model_type="qwen3", architectures=["Qwen3ForCausalLM"])
+    bundle = converted(folder)
+    assert "model.layers.1.self_attn.k_norm.weight" in read_weights(bundle)
+    _assert_backends(bundle, ort_logits(folder / "model.onnx"))
+
+
+def test_phi3_optimum_fused_projections(tmp_path, converted):
+    """Phi-3 checkpoints hold qkv_proj and gate_up_proj fused, and so does mlx-lm: kept as they are.
+    Built from the llama export by fusing each layer's projections into one MatMul + Split."""
+    folder = _copy(FIX / "optimum-fp32", tmp_path / "phi3")
+    m = onnx.load(str(folder / "model.onnx"))
+    inits = {t.name: t for t in m.graph.initializer}
+    for layer in (0, 1):
+        for fused, parts in (("self_attn/qkv_proj", ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj")),
+                             ("mlp/gate_up_proj", ("mlp/gate_proj", "mlp/up_proj"))):
+            names = [f"/model/layers.{layer}/{p}/MatMul" for p in parts]
+            nodes = [next(n for n in m.graph.node if n.name == name) for name in names]
+            ws = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+            w_name = f"fused_{layer}_{fused.replace('/', '_')}"
+            m.graph.initializer.append(numpy_helper.from_array(np.concatenate(ws, 1), w_name))
+            m.graph.initializer.append(numpy_helper.from_array(np.array([w.shape[1] for w in ws]), w_name + "_split"))
+            scope = f"/model/layers.{layer}/{fused}"
+            new_nodes = [helper.make_node("MatMul", [nodes[0].input[0], w_name], [scope + "/MatMul_output_0"], name=scope + "/MatMul"),
+                         helper.make_node("Split", [scope + "/MatMul_output_0", w_name + "_split"],
+                                          [n.output[0] for n in nodes], name=scope + "/Split", axis=-1)]
+            _insert_after(m, nodes[-1], new_nodes)
+            kept = [n for n in m.graph.node if n.name not in names]
+            del m.graph.node[:]
+            m.graph.node.extend(kept)
+            for n in nodes:
+                m.graph.initializer.remove(next(t for t in m.graph.initializer if t.name == n.input[1]))
+    onnx.save(m, str(folder / "model.onnx"))
+    _with_config(folder, model_type="phi3", architectures=["Phi3ForCausalLM"])
+    bundle = converted(folder)
+    w = read_weights(bundle)
+    assert w["model.layers.0.self_attn.qkv_proj.weight"].shape == (128, 64)
+    assert w["model.layers.1.mlp.gate_up_proj.weight"].shape == (256, 64)
+    _assert_backends(bundle, ort_logits(folder / "model.onnx"))
+
+
 # -- file layouts ------------------------------------------------------------------------------
 
 def test_transformers_js_layout_and_file_choice(tmp_path, converted):
