@@ -44,6 +44,7 @@ def _as_id_list(value: Any) -> list[int]:
 def _compile_template(source: str):
     """Compile a chat template in the environment transformers uses (sandboxed, trim/lstrip blocks)."""
     import jinja2
+    import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str):

@@ -1,0 +1,119 @@
+"""Turn a `--model` argument into a bundle directory, converting a `.gguf` once into the cache.
+
+Cache entries live in `cache_dir()/models/<stem>-<key>`, where the key comes from the GGUF's real
+path, size and modification time: a `stat`, not a hash of a multi-GB file on every run (the source
+sha256 recorded in mlxedge.json is there to verify on demand). An entry is built in a temp dir and
+renamed into place with a manifest of its files' sizes written last; an entry whose manifest is
+missing or does not match the files is removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .assets import cache_dir
+from .errors import MlxEdgeError
+
+MANIFEST = "mlxedge-cache.json"
+
+
+def source_key(path: Path) -> dict:
+    """What identifies a source file for the cache: real path, size, mtime in ns."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def entry_dir(path: Path) -> Path:
+    key = source_key(path)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{Path(key['path']).stem}-{digest}"
+
+
+def _file_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+def is_complete(entry: Path, key: dict | None = None) -> bool:
+    """The entry's manifest exists, names this source (if `key` is given), and matches its files."""
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        if key is not None and manifest.get("source") != key:
+            return False
+        return manifest.get("files") == _file_sizes(entry)
+    except (OSError, ValueError):
+        return False
+
+
+def _remove_stale(models: Path, real_path: str, keep: Path) -> None:
+    """Drop entries made from earlier versions of the same file."""
+    for entry in models.glob("*"):
+        if entry == keep or not entry.is_dir():
+            continue
+        try:
+            manifest = json.loads((entry / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("source", {}).get("path") == real_path:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
+    """The bundle converted from `gguf`, converting it first if the cache has no valid entry."""
+    gguf = Path(gguf)
+    key = source_key(gguf)
+    entry = entry_dir(gguf)
+    if is_complete(entry, key):
+        return entry
+    from .convert import convert
+
+    models = entry.parent
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        if entry.exists():  # half-written or damaged: rebuild
+            shutil.rmtree(entry)
+        work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=models))
+    except OSError as e:
+        raise MlxEdgeError(f"cannot write the model cache {models}: {e.strerror or e}") from None
+    try:
+        if not quiet:
+            print(f"converting {gguf} into {entry} (once)", file=sys.stderr)
+        bundle = convert(gguf, work / "bundle", show_progress=not quiet)
+        (bundle / MANIFEST).write_text(json.dumps({"source": key, "files": _file_sizes(bundle)}, indent=1))
+        try:
+            os.rename(bundle, entry)
+        except OSError:
+            if not is_complete(entry, key):  # another process won the race only if its entry is whole
+                raise
+    except OSError as e:
+        raise MlxEdgeError(f"cannot write the model cache {models}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _remove_stale(models, key["path"], entry)
+    return entry
+
+
+def resolve(model: str | Path, quiet: bool = False) -> Path:
+    """A bundle directory for `model`: a converted directory as is, a `.gguf` through the cache."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise MlxEdgeError(f"{model}: no such file or directory")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MlxEdgeError(f"{model} is not a converted model (no config.json); "
+                               f"convert it first with `mlxedge convert`")
+        return path
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise MlxEdgeError(f"cannot read {model}: {e.strerror}") from None
+    if magic != b"GGUF":
+        raise MlxEdgeError(f"{model} is not a GGUF file nor a converted model directory")
+    return cached_bundle(path, quiet=quiet)
