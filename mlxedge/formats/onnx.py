@@ -162,6 +162,9 @@ def _config_from_genai(genai: dict, graph: OnnxGraph, weights: dict[str, Weight]
     config["max_position_embeddings"] = model.get("context_length", 4096)
     config["rms_norm_eps"] = _norm_eps(graph)
     config["rope_theta"] = _rope_theta(graph, head_dim)
+    for node in graph.nodes:
+        if node.op_type == "GroupQueryAttention" and graph.attrs(node).get("rotary_interleaved", 0):
+            raise MlxEdgeError("the graph applies interleaved (GPT-J style) RoPE, which no supported architecture uses")
     config["hidden_act"] = "silu"
     config["attention_bias"] = "model.layers.0.self_attn.qkv_proj.bias" in weights or \
         "model.layers.0.self_attn.q_proj.bias" in weights

@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import MlxEdgeError
 from .affine import Affine, BITS
 
 MLX_GROUPS = (128, 64, 32)
@@ -129,7 +130,10 @@ def matmul_nbits(b: np.ndarray, scales: np.ndarray, zero_points: Optional[np.nda
     if zero_points is None:
         zp = np.full((n, k_blocks), 1 << (bits - 1), np.float32)
     elif zero_points.dtype == np.uint8:
-        zp = unpack_low_first(zero_points.reshape(n, -1), bits, k_blocks).astype(np.float32)
+        per_row = -(-k_blocks * bits // 8)  # each row padded to whole bytes (flat or (N, per_row))
+        if zero_points.size != n * per_row:
+            raise MlxEdgeError(f"MatMulNBits zero points hold {zero_points.size} bytes, expected {n} x {per_row}")
+        zp = unpack_low_first(zero_points.reshape(n, per_row), bits, k_blocks).astype(np.float32)
     else:  # float zero points, one per block
         zp = np.asarray(zero_points, np.float32).reshape(n, k_blocks)
     return RowBlocks(q, scales, zp, block, bits, 0, scale_dtype)
