@@ -153,7 +153,9 @@ class OnnxGraph:
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
     def opset(self, domain: str = "") -> int:
-        return next((o.version for o in self.model.opset_import if o.domain in (domain, "ai.onnx" if not domain else domain)), 0)
+        """The model's opset version for `domain` ("" is the default ONNX domain), 0 if absent."""
+        names = ("", "ai.onnx") if domain in ("", "ai.onnx") else (domain,)
+        return next((o.version for o in self.model.opset_import if o.domain in names), 0)
 
     def trace(self, name: str) -> tuple[str, list]:
         """Follow `name` back through LAYOUT_OPS; returns (where that chain starts, the ops from

@@ -114,7 +114,7 @@ def _qdq_weight(graph: OnnxGraph, name: str, dq, chain: list, transpose: bool) -
         return None if rb is None else rb.affine()
     shape = graph.shape(name)
     shape = shape[::-1] if transpose else shape
-    return Weight(shape, src_type, dense, affine, qc.nbytes, consts)
+    return Weight(shape, src_type, dense, affine, _nbytes(graph, dq.input), consts)
 
 
 def _rowblock_weight(rb_fn: Callable[[], oq.RowBlocks], shape, src_type, nbytes, consts) -> Weight:

@@ -78,10 +78,6 @@ class RowBlocks:
         scales, biases = _store_scales(s, bias, self.scale_dtype)
         return Affine(q, scales, biases, self.bits, g)
 
-    def rows(self, start: int, stop: int) -> "RowBlocks":
-        return RowBlocks(self.q[start:stop], self.scales[start:stop], self.zero_points[start:stop],
-                         self.block, self.bits, self.offset, self.scale_dtype)
-
 
 def mlx_group(block: int, k: int, n_blocks: int) -> Optional[int]:
     """Largest MLX group size that divides K and never straddles an ONNX block boundary."""
