@@ -113,6 +113,9 @@ class BundleWriter:
         if n > 1:
             self.write_json("model.safetensors.index.json",
                             {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp made it private
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")
             os.rename(self.out, old)
