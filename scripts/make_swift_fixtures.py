@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # run from a checkout without installing
 FIXTURES = ROOT / "swift" / "Tests" / "MLXEdgeTests" / "Fixtures"
 GENERATED = ROOT / "swift" / "Generated"
 SITE = Path(json.__file__).parent  # stdlib; site-packages is found below
@@ -184,6 +184,47 @@ def write_tokenizer_goldens(d: Path, strings=HARD_STRINGS) -> None:
     (d / "goldens.json").write_text(json.dumps(cases, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+# -- chat templates ------------------------------------------------------------------------------
+
+def make_templates(out: Path) -> list[str]:
+    """Real templates rendered by transformers' jinja2 setup (the renderer mlx-lm uses)."""
+    import gguf
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from mlxedge import assets, testing
+    from mlxedge.formats import gguf_tokenizer
+    import swift_fixture_templates as T
+
+    reader = gguf.GGUFReader(str(assets.smollm2_gguf()))
+    field = reader.fields["tokenizer.chat_template"]
+    templates = {
+        "chatml_tiny": testing.CHATML_TEMPLATE,
+        "smollm2": bytes(field.parts[field.data[0]]).decode("utf-8"),
+        "gemma_gguf": gguf_tokenizer.GEMMA_CHAT_TEMPLATE,
+        "gemma3": T.GEMMA3, "llama3": T.LLAMA3, "llama3_2": T.LLAMA3_2, "phi3": T.PHI3,
+        "qwen2_5": T.QWEN2_5, "qwen3": T.QWEN3,
+    }
+    specials = {"bos_token": "<s>", "eos_token": "</s>"}
+    cases = []
+    for name, (conversations, contexts) in T.PLAN.items():
+        compiled = _compile_jinja_template(templates[name])
+        for conv in conversations:
+            for extra in contexts:
+                for agp in (True, False):
+                    context = {"messages": T.CONVERSATIONS[conv], "add_generation_prompt": agp, **specials, **extra}
+                    case = {"template": name, "conversation": conv, "context": context}
+                    try:
+                        case["output"] = compiled.render(**context)
+                    except Exception as e:  # raise_exception(...) in the template
+                        case["error"] = str(e)
+                    cases.append(case)
+    d = out / "templates"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "templates.json").write_text(json.dumps(templates, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (d / "cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return list(templates)
+
+
 # -- tiny models ---------------------------------------------------------------------------------
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -260,6 +301,8 @@ def main() -> int:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     if "tokenizers" in parts:
         print("tokenizers:", ", ".join(make_tokenizers(FIXTURES)))
+    if "templates" in parts:
+        print("templates:", ", ".join(make_templates(FIXTURES)))
     if "tiny" in parts:
         print("tiny bundles:", ", ".join(make_tiny(FIXTURES)))
     return 0
