@@ -5,7 +5,7 @@ Every golden comes from an independent Python implementation: token ids from Hug
 mlx-lm. Small files go to swift/Tests/MLXEdgeTests/Fixtures (committed); real-model bundles
 go to swift/Generated (ignored; the real-model tests skip when it is absent).
 
-    .venv/bin/python scripts/make_swift_fixtures.py [--only tokenizers,templates,tiny,real]
+    .venv/bin/python scripts/make_swift_fixtures.py [--only tokenizers,templates,sampling,tiny,real]
 """
 
 from __future__ import annotations
@@ -579,6 +579,48 @@ def make_templates(out: Path) -> list[str]:
     return list(templates)
 
 
+# -- sampling ------------------------------------------------------------------------------------
+
+SAMPLER_CASES = [
+    {"temp": 0.7, "top_p": 0.9},
+    {"temp": 1.0, "top_p": 0.5, "min_p": 0.05},
+    {"temp": 1.0, "min_p": 0.1, "min_tokens_to_keep": 5},
+    {"temp": 0.8, "top_k": 7},
+    {"temp": 1.2, "top_p": 0.95, "min_p": 0.02, "top_k": 20},
+    {"temp": 1.0, "repetition_penalty": 1.3},
+    {"temp": 1.0, "repetition_penalty": 0.8, "top_k": 10},
+]
+
+
+def make_sampling(out: Path) -> int:
+    """For random logits: mlx-lm's penalized logits and the tokens its filters keep."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_repetition_penalty
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for i, params in enumerate(SAMPLER_CASES):
+        logits = (rng.standard_normal(64) * 3).astype(np.float32)
+        history = [int(t) for t in rng.integers(0, 64, size=30)]
+        x = mx.array(logits)[None]
+        if params.get("repetition_penalty"):
+            x = make_repetition_penalty(params["repetition_penalty"], 20)(mx.array(history), x)
+        penalized = np.array(x[0])
+        lp = x - mx.logsumexp(x, axis=-1, keepdims=True)
+        if 0 < params.get("top_p", 0) < 1:
+            lp = apply_top_p(lp, params["top_p"])
+        if params.get("min_p"):
+            lp = apply_min_p(lp, params["min_p"], params.get("min_tokens_to_keep", 1))
+        if params.get("top_k"):
+            lp = apply_top_k(lp, params["top_k"])
+        kept = [int(j) for j in np.nonzero(np.isfinite(np.array(lp[0])))[0]]
+        cases.append({"params": params, "logits": logits.tolist(), "history": history,
+                      "penalized": penalized.tolist(), "kept": kept})
+    (out / "sampling.json").write_text(json.dumps(cases) + "\n")
+    return len(cases)
+
+
 # -- tiny models ---------------------------------------------------------------------------------
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -649,7 +691,7 @@ def make_tiny(out: Path) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="tokenizers,templates,tiny,real")
+    ap.add_argument("--only", default="tokenizers,templates,sampling,tiny,real")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     FIXTURES.mkdir(parents=True, exist_ok=True)
@@ -657,6 +699,8 @@ def main() -> int:
         print("tokenizers:", ", ".join(make_tokenizers(FIXTURES)))
     if "templates" in parts:
         print("templates:", ", ".join(make_templates(FIXTURES)))
+    if "sampling" in parts:
+        print("sampling cases:", make_sampling(FIXTURES))
     if "tiny" in parts:
         print("tiny bundles:", ", ".join(make_tiny(FIXTURES)))
     return 0
