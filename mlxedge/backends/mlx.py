@@ -45,6 +45,12 @@ class MlxEngine:
             self.model, self.config = load_model(Path(directory))
         except (ValueError, FileNotFoundError) as e:
             raise MlxEdgeError(f"mlx-lm cannot load {directory}: {e}") from None
+        import mlx.core as mx
+
+        if not mx.metal.is_available():
+            # MLX's CPU quantized matmul is ~40x slower in float16 than in float32 (measured: 4.1 s
+            # vs 0.11 s for 48x576 @ 576x1536, 4-bit); upcasting scales and norms is exact.
+            self.model.set_dtype(mx.float32)
 
     def make_cache(self) -> list:
         from mlx_lm.models.cache import make_prompt_cache
@@ -67,7 +73,7 @@ class MlxEngine:
     def forward(self, ids: Sequence[int], cache: Any = None, last_only: bool = False) -> np.ndarray:
         import mlx.core as mx
 
-        logits = self.model(mx.array(list(ids), dtype=mx.uint32)[None], cache=cache)  # (1, T, vocab)
+        logits = self.model(mx.array(np.asarray(ids, dtype=np.uint32))[None], cache=cache)  # (1, T, vocab)
         logits = logits[0, -1:] if last_only else logits[0]
         return np.array(logits.astype(mx.float32))
 
