@@ -169,6 +169,20 @@ def evaluation_text() -> tuple[str, dict]:
     return text, info
 
 
+def detokenize(llm, ids: list[int]) -> str:
+    """llama_detokenize, special tokens spelled out (llm.detokenize cuts pieces at 32 bytes)."""
+    import ctypes
+
+    import llama_cpp
+
+    arr = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
+    size = 64 + 64 * len(ids)
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_detokenize(llm._model.vocab, arr, len(ids), buf, size, False, True)
+    assert 0 <= n <= size, n
+    return buf.raw[:n].decode("utf-8", errors="replace")
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x -= x.max(axis=-1, keepdims=True)
@@ -191,7 +205,7 @@ def record(name: str, out_dir: Path) -> None:
                     "text": text,
                     "ids": ids,
                     "ids_no_special": vocab.tokenize(data, add_bos=False, special=False),
-                    "detokenized": vocab.detokenize(ids, special=True).decode("utf-8", errors="replace"),
+                    "detokenized": detokenize(vocab, ids),
                 }
             )
     v = vocab._model.vocab
@@ -245,7 +259,7 @@ def record(name: str, out_dir: Path) -> None:
                 "prompt": prompt,
                 "prompt_ids": prompt_ids,
                 "ids": out,
-                "text": llm.detokenize(out).decode("utf-8", errors="replace"),
+                "text": detokenize(llm, out),
                 "steps": steps,
             }
         )
