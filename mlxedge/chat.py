@@ -7,14 +7,18 @@ cache already holds, trims the cache to it and feeds only the tokens after it.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from typing import Callable, Iterator, Sequence
 
-from .errors import MlxEdgeError
-from .generation import Generation
-from .sampling import SamplingParams
+# single-threaded BLAS unless set, before NumPy loads: see the note in generate.py
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from .errors import MlxEdgeError  # noqa: E402
+from .generation import Generation  # noqa: E402
+from .sampling import SamplingParams  # noqa: E402
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

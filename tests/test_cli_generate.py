@@ -1,0 +1,174 @@
+"""`mlxedge generate` / `mlxedge chat` as a user runs them, and the GGUF -> bundle cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlxedge import modelcache
+from mlxedge.errors import MlxEdgeError
+from mlxedge.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlxedge", *args], input=stdin, capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    pytest.importorskip("mlx_lm")
+    from mlxedge.testing import tiny_bundle
+
+    return tiny_bundle("llama", tmp_path_factory.mktemp("cli") / "tiny")
+
+
+def test_prompt_from_stdin(tiny):
+    prompt = "first line from stdin\nsecond line — é\n"
+    r = run_cli("generate", "--model", str(tiny), "--prompt", "-", "--json", "-m", "5", "--backend", "numpy",
+                stdin=prompt)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    expected_ids = Tokenizer(tiny).encode_chat([{"role": "user", "content": prompt}])
+    assert out["prompt_tokens"] == len(expected_ids)  # the whole of stdin, through the chat template
+    assert out["backend"] == "numpy" and out["generation_tokens"] >= 1
+    for key in ("prompt_tps", "generation_tps", "peak_memory_gb", "time_to_first_token_s"):
+        assert key in out
+
+
+def test_streamed_text_and_stats(tiny):
+    args = ["generate", "--model", str(tiny), "--prompt", "hello", "-m", "12", "--backend", "numpy",
+            "--no-chat-template"]
+    as_json = json.loads(run_cli(*args, "--json").stdout)
+    assert as_json["prompt_tokens"] == len(Tokenizer(tiny).encode("hello"))  # raw text, no template
+    r = run_cli(*args)
+    assert r.returncode == 0 and r.stdout == as_json["text"] + "\n"
+    assert "tokens/s" in r.stderr and "peak memory" in r.stderr
+    quiet = run_cli(*args, "--quiet")
+    assert quiet.stdout == r.stdout and quiet.stderr == ""
+
+
+@pytest.mark.parametrize("model", ["/no/such/model.gguf", "NOT_GGUF", "EMPTY_DIR"])
+def test_bad_model_is_one_line_error(tmp_path, model):
+    if model == "NOT_GGUF":
+        model = str(tmp_path / "x.gguf")
+        Path(model).write_bytes(b"PK\x03\x04 not a gguf")
+    elif model == "EMPTY_DIR":
+        model = str(tmp_path)
+    r = run_cli("generate", "--model", model, "--prompt", "hi")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlxedge generate: error:"), r.stderr
+
+
+def test_chat_cli_turns_and_reset(tiny):
+    r = run_cli("chat", "--model", str(tiny), "--backend", "numpy", "-m", "4", "--quiet",
+                stdin="hello\n/reset\nhi again\n/exit\nnever read\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 2  # two replies, nothing after /exit
+    assert "[conversation reset]" in r.stderr
+
+
+# -- the GGUF cache ----------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_convert(tiny, tmp_path, monkeypatch):
+    """A .gguf whose conversion is replaced by a copy of the tiny bundle, counting conversions."""
+    import mlxedge.convert
+
+    monkeypatch.setenv("MLXEDGE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def convert(src, out, **kw):
+        calls.append(Path(src))
+        shutil.copytree(tiny, out)
+        return Path(out)
+
+    monkeypatch.setattr(mlxedge.convert, "convert", convert)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100))
+    return gguf, calls
+
+
+def test_cache_hit_on_second_load(fake_convert):
+    gguf, calls = fake_convert
+    first = modelcache.resolve(gguf)
+    assert len(calls) == 1 and (first / "config.json").is_file()
+    assert modelcache.resolve(gguf) == first
+    assert len(calls) == 1  # no conversion the second time
+    link = gguf.with_name("link.gguf")
+    link.symlink_to(gguf)
+    assert modelcache.resolve(link) == first and len(calls) == 1  # keyed by the real path
+
+
+def test_changed_file_is_converted_again(fake_convert):
+    gguf, calls = fake_convert
+    first = modelcache.resolve(gguf)
+    st = gguf.stat()
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    second = modelcache.resolve(gguf)
+    assert second != first and len(calls) == 2
+    assert not first.exists()  # the stale entry is gone
+
+
+@pytest.mark.parametrize("damage", ["truncate", "no_manifest", "missing_file"])
+def test_damaged_entry_is_rebuilt(fake_convert, damage):
+    gguf, calls = fake_convert
+    entry = modelcache.resolve(gguf)
+    if damage == "truncate":
+        with open(entry / "model.safetensors", "r+b") as f:
+            f.truncate(100)
+    elif damage == "no_manifest":
+        (entry / modelcache.MANIFEST).unlink()  # as if killed before the entry was complete
+    else:
+        (entry / "tokenizer.json").unlink()
+    assert modelcache.resolve(gguf) == entry and len(calls) == 2
+    assert modelcache.is_complete(entry)
+
+
+def test_failed_conversion_leaves_nothing(fake_convert, monkeypatch, tmp_path):
+    import mlxedge.convert
+
+    gguf, _ = fake_convert
+
+    def broken(src, out, **kw):
+        Path(out).mkdir()
+        (Path(out) / "config.json").write_text("{}")
+        raise MlxEdgeError("unsupported tensor type")
+
+    monkeypatch.setattr(mlxedge.convert, "convert", broken)
+    with pytest.raises(MlxEdgeError, match="unsupported"):
+        modelcache.resolve(gguf)
+    models = tmp_path / "cache" / "models"
+    assert list(models.iterdir()) == []
+
+
+def test_real_gguf_second_run_hits_cache(tmp_path):
+    """The embedded SmolLM2 GGUF: converted on the first run, used as is on the second."""
+    from mlxedge import assets
+
+    try:
+        gguf = assets.smollm2_gguf()
+    except MlxEdgeError as e:
+        pytest.skip(str(e))
+    env = {"MLXEDGE_CACHE": str(tmp_path / "cache")}
+    args = ["generate", "--model", str(gguf), "--prompt", "What is the capital of France?", "-m", "8",
+            "--backend", "numpy", "--json"]
+    first = run_cli(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "converting" in first.stderr
+    second = run_cli(*args, env=env)
+    assert second.returncode == 0, second.stderr
+    assert "converting" not in second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["model"] == b["model"] and a["text"] == b["text"]
+    assert "Paris" in a["text"]
