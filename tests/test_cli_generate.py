@@ -78,6 +78,29 @@ def test_chat_cli_turns_and_reset(tiny):
     assert "[conversation reset]" in r.stderr
 
 
+def test_chat_ctrl_c_stops_the_reply_not_the_chat(tiny):
+    """SIGINT during a (very long) reply ends that reply; the chat then takes the next command."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "mlxedge", "chat", "--model", str(tiny), "--backend", "numpy",
+                          "-m", "1000000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=ROOT, bufsize=0)
+    try:
+        p.stdin.write(b"hello\n")
+        p.stdin.flush()
+        assert p.stdout.read(1)  # the reply has started
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(b"/reset\n/exit\n", timeout=120)
+    finally:
+        p.kill()
+    err = err.decode()
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and "[conversation reset]" in err
+    stats = [line for line in err.splitlines() if line.startswith("[prompt:")]
+    assert len(stats) == 1
+    assert "generation: 1000000 tokens" not in stats[0]
+
+
 # -- the GGUF cache ----------------------------------------------------------------------------
 
 @pytest.fixture
