@@ -191,7 +191,7 @@ class Generation:
                 if stops.stopped:
                     self.stats.finish_reason = "stop"
                     break
-            if self.stats.finish_reason in ("length", "interrupted"):
+            if self.stats.finish_reason != "stop":  # release what was held back
                 piece = stops.feed(detok.flush())
                 piece += "" if stops.stopped else stops.flush()
                 if piece:

@@ -99,6 +99,19 @@ def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
     return entry
 
 
+def verify(gguf: str | Path) -> bool:
+    """On demand: hash `gguf` and compare with the sha256 its cache entry recorded at conversion."""
+    entry = entry_dir(Path(gguf))
+    if not is_complete(entry, source_key(Path(gguf))):
+        raise MlxEdgeError(f"{gguf} has no cache entry yet")
+    recorded = json.loads((entry / "mlxedge.json").read_text()).get("source", {}).get("sha256")
+    h = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return recorded == h.hexdigest()
+
+
 def resolve(model: str | Path, quiet: bool = False) -> Path:
     """A bundle directory for `model`: a converted directory as is, a `.gguf` through the cache."""
     path = Path(model).expanduser()

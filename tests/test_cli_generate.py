@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -114,6 +115,9 @@ def fake_convert(tiny, tmp_path, monkeypatch):
     def convert(src, out, **kw):
         calls.append(Path(src))
         shutil.copytree(tiny, out)
+        meta = json.loads((Path(out) / "mlxedge.json").read_text())
+        meta["source"]["sha256"] = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+        (Path(out) / "mlxedge.json").write_text(json.dumps(meta))
         return Path(out)
 
     monkeypatch.setattr(mlxedge.convert, "convert", convert)
@@ -131,6 +135,13 @@ def test_cache_hit_on_second_load(fake_convert):
     link = gguf.with_name("link.gguf")
     link.symlink_to(gguf)
     assert modelcache.resolve(link) == first and len(calls) == 1  # keyed by the real path
+    assert modelcache.verify(gguf)  # the sha256 recorded at conversion, checked on demand
+    st = gguf.stat()
+    with open(gguf, "r+b") as f:  # same size and mtime, different bytes: only verify() sees it
+        f.seek(50)
+        f.write(b"x")
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert modelcache.resolve(gguf) == first and not modelcache.verify(gguf)
 
 
 def test_changed_file_is_converted_again(fake_convert):

@@ -139,6 +139,12 @@ def test_held_back_text_is_released_when_it_is_not_a_stop(byte_tok):
     assert gen.text == "a </sto b </st" and gen.stats.finish_reason == "length"
 
 
+def test_held_back_text_is_released_at_eos(byte_tok):
+    script = list("a </st".encode()) + [258]
+    gen = Generation(Scripted(script), byte_tok, [1], SamplingParams(), stop=["</stop>"], max_tokens=100)
+    assert gen.run() == "a </st" and gen.stats.finish_reason == "eos"
+
+
 def test_stop_strings_unit():
     s = StopStrings(["</stop>", "END"])
     assert s.feed("foo</") == "foo"  # "</" may begin "</stop>"
