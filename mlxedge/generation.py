@@ -193,7 +193,10 @@ class Generation:
                     break
             if self.stats.finish_reason != "stop":  # release what was held back
                 piece = stops.feed(detok.flush())
-                piece += "" if stops.stopped else stops.flush()
+                if stops.stopped:
+                    self.stats.finish_reason = "stop"
+                else:
+                    piece += stops.flush()
                 if piece:
                     self.text += piece
                     yield piece

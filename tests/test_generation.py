@@ -220,3 +220,21 @@ def test_chat_after_interrupt_and_reset(bundles):
                                atol=2e-4, rtol=1e-4)
     session.reset()
     assert session.messages == [] and session.cache is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_penalty_context_spans_earlier_turns(bundles, backend):
+    """With tokens already in the cache, the repetition penalty still sees them: the result equals
+    one fresh run over the whole sequence (mlx-lm's generate_step alone would only see new tokens)."""
+    m = mlxedge.load(bundles["llama"], backend=backend)
+    ids = m.encode_prompt("a prompt split in two parts, the first of them cached")
+    head, tail = ids[:-3], ids[-3:]
+    fresh = m.generation(ids, max_tokens=12, repetition_penalty=3.0, repetition_context_size=30)
+    fresh.run()
+    cache = m.engine.make_cache()
+    m.engine.forward(head, cache)
+    split = Generation(m.engine, m.tokenizer, tail, SamplingParams(repetition_penalty=3.0,
+                       repetition_context_size=30), max_tokens=12, cache=cache, history=head)
+    split.run()
+    assert split.tokens == fresh.tokens
+    assert split.stats.prompt_tokens == 3

@@ -80,7 +80,7 @@ class MlxEngine:
     def token_stream(self, ids: Sequence[int], cache: list, params: SamplingParams,
                      history: Sequence[int] = ()) -> Iterator[int]:
         import mlx.core as mx
-        from mlx_lm.generate import generate_step
+        from mlx_lm.generate import generate_step, generation_stream, wired_limit
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         if params.seed is not None:
@@ -91,14 +91,16 @@ class MlxEngine:
                                             repetition_context_size=params.repetition_context_size)
         if processors and history:
             # generate_step only sees the tokens fed in this call; the penalty also wants earlier turns
-            earlier = mx.array(list(history), dtype=mx.uint32)
+            earlier = mx.array(np.asarray(history, dtype=np.uint32))
             processors = [lambda toks, logits, p=p: p(mx.concatenate([earlier, toks]), logits)
                           for p in processors]
-        # generate_step feeds each token before yielding it, so the cache holds every yielded token
-        for token, _ in generate_step(mx.array(list(ids), dtype=mx.uint32), self.model, max_tokens=-1,
-                                      sampler=sampler, logits_processors=processors or None,
-                                      prompt_cache=cache):
-            yield int(token)
+        prompt = mx.array(np.asarray(ids, dtype=np.uint32))
+        # as in mlx-lm's stream_generate: keep the weights wired in GPU memory while generating
+        with wired_limit(self.model, [generation_stream]):
+            # generate_step feeds each token before yielding it: the cache holds every yielded token
+            for token, _ in generate_step(prompt, self.model, max_tokens=-1, sampler=sampler,
+                                          logits_processors=processors or None, prompt_cache=cache):
+                yield int(token)
 
     def peak_memory(self) -> int:
         import mlx.core as mx
