@@ -206,3 +206,12 @@ def test_real_gguf_second_run_hits_cache(tmp_path):
     a, b = json.loads(first.stdout), json.loads(second.stdout)
     assert a["model"] == b["model"] and a["text"] == b["text"]
     assert "Paris" in a["text"]
+
+
+def test_system_prompt(tiny):
+    r = run_cli("generate", "--model", str(tiny), "--prompt", "hi", "--system", "be brief", "--json", "-m", "2",
+                "--backend", "numpy")
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert json.loads(r.stdout)["prompt_tokens"] == len(Tokenizer(tiny).encode_chat(messages))
+    r = run_cli("generate", "--model", str(tiny), "--prompt", "hi", "--system", "x", "--no-chat-template")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -238,3 +238,20 @@ def test_penalty_context_spans_earlier_turns(bundles, backend):
     split.run()
     assert split.tokens == fresh.tokens
     assert split.stats.prompt_tokens == 3
+
+
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_python_api(bundles, backend):
+    from mlx_lm.utils import load_model
+
+    m = mlxedge.load(str(bundles["qwen3-q4"]), backend=backend)
+    ids = m.tokenizer.encode("some text")
+    model, _ = load_model(bundles["qwen3-q4"])  # oracle: mlx-lm's forward pass
+    expected = np.array(model(mx.array(ids)[None])[0].astype(mx.float32))
+    logits = m.logits(ids)
+    assert logits.shape == (len(ids), 320) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, expected, atol=2e-4, rtol=1e-4)
+    pieces = list(m.stream("hi", max_tokens=10, repetition_penalty=3.0))
+    assert "".join(pieces) == m.generate("hi", max_tokens=10, repetition_penalty=3.0)
+    with pytest.raises(TypeError):
+        m.generate("hi", temperature=0.5)  # a misspelt option is not silently ignored
