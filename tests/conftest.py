@@ -1,0 +1,65 @@
+"""Shared fixtures: the two real models (from PyPI packages), converted once per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlxedge import assets
+from mlxedge.errors import MlxEdgeError
+
+GOLDENS = Path(__file__).parent / "goldens"
+
+
+def _gguf(fn):
+    try:
+        return fn()
+    except MlxEdgeError as e:
+        pytest.skip(f"real model not installed: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return _gguf(assets.smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    return _gguf(assets.gemma3_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(tmp_path_factory, smollm2_gguf) -> Path:
+    from mlxedge.convert import convert
+
+    return convert(smollm2_gguf, tmp_path_factory.mktemp("bundles") / "smollm2", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def gemma3_bundle(tmp_path_factory, gemma3_gguf) -> Path:
+    from mlxedge.convert import convert
+
+    return convert(gemma3_gguf, tmp_path_factory.mktemp("bundles") / "gemma3", show_progress=False)
+
+
+def load_golden(name: str) -> dict:
+    """llama.cpp's outputs recorded by scripts/record_llamacpp_goldens.py."""
+    golden = json.loads((GOLDENS / f"{name}.json").read_text())
+    topk = np.load(GOLDENS / golden["eval"]["topk_file"])
+    golden["eval"]["topk_ids"], golden["eval"]["topk_logprobs"] = topk["ids"], topk["logprobs"]
+    return golden
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    """KL(p || q) per position, from logits."""
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return (np.exp(lp) * (lp - lq)).sum(-1)
