@@ -6,12 +6,13 @@ llama-cpp-python takes ~10 minutes), on a CPU, from the repository root:
 
     python -m venv /work/oracle && /work/oracle/bin/pip install llama-cpp-python numpy gguf
     /work/oracle/bin/python scripts/record_llamacpp_goldens.py            # both models
-    /work/oracle/bin/python scripts/record_llamacpp_goldens.py smollm2    # one
+    /work/oracle/bin/python scripts/record_llamacpp_goldens.py smollm2    # one (or: variants)
 
 The model packages are looked up in this Python and then in the checkout's .venv (or --site-packages).
 
-It writes tests/goldens/<model>.json (texts, ids, per-position NLL, top-1, greedy continuations) and
-tests/goldens/<model>_topk.npz (top-20 ids and log-probs per position). The model files come from
+It writes tests/goldens/<model>.json (texts, ids, per-position NLL, top-1, greedy continuations),
+tests/goldens/<model>_topk.npz (top-20 ids and log-probs per position) and tests/goldens/variants.json
+(ids under other pre-tokenizers / SentencePiece flags, on copies of the real vocabularies). The model files come from
 mlxedge.assets (stdlib only, imported from this checkout). Everything is deterministic: one thread
 count, one batch, greedy decoding by argmax over llama.cpp's logits.
 
@@ -78,6 +79,7 @@ HARD_STRINGS = [
     "1,234,567.89 and 12 345 and 1.000.000,00",
     "2024-01-31T12:34:56Z",
     "0x1F 0b1010 1e-9 6.02e23",
+    "it'\u017f IT'S e\u0301's x\ufe0f's \u212aelvin",
     "I'm sure you're right, it's fine; we'll see, they've gone, she'd know. IT'S DON'T",
     "café naïve façade Ångström résumé jalapeño",
     "cafe\u0301 (combining accent)",
@@ -141,7 +143,7 @@ FUZZ_PIECES = [
     "é", "ü", "ß", "ø", "日本", "語", "中文", "한", "ة", "مر", "я", "Ж", "π", "∑", "😀", "👍🏽", "\u200d",
     "\ufe0f", "🇫🇷", "\u00a0", "\u2581", "\x00", "_", "__init__", "def", "<|im_start|>", "<|im_end|>",
     "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<s>", "<b>", "<td>", "<0x20>", "aaaa", "xyz",
-    "\x04", "\x1d", "\U000acf70", "</s>", "<reponame>",
+    "\x04", "\x1d", "\U000acf70", "</s>", "<reponame>", "\u017f", "'S", "\u0301", "\u212a", "A", "B",
 ]
 
 
@@ -295,6 +297,70 @@ def record(name: str, out_dir: Path) -> None:
     print(f"{name}: {len(tokenization)} strings, ppl {golden['eval']['perplexity']}, greedy {[g['text'] for g in greedy]}")
 
 
+# Other tokenizer settings, tried on the real vocabularies: copies of the GGUF metadata (no tensors)
+# with one key changed (None removes it), tokenized by llama.cpp with vocab_only.
+VARIANTS = [
+    *[("smollm2", {"tokenizer.ggml.pre": pre}) for pre in
+      ["gpt-2", "llama-bpe", "qwen2", "qwen35", "dbrx", "default", "falcon", "gpt-4o", "tekken", None]],
+    ("smollm2", {"tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.add_bos_token": None}),  # BOS by default
+    ("smollm2", {"tokenizer.ggml.add_bos_token": None}),
+    ("gemma3", {"tokenizer.ggml.add_space_prefix": True}),
+]  # fmt: skip
+
+
+def record_variants(out_dir: Path) -> None:
+    import tempfile
+
+    import gguf
+    import llama_cpp
+
+    texts = HARD_STRINGS + fuzz_strings(100, seed=1)
+    variants = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (base, changes) in enumerate(VARIANTS):
+            path = Path(tmp) / f"variant{i}.gguf"
+            _write_metadata_copy(MODELS[base](), path, changes)
+            vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+            variants.append(
+                {
+                    "base": base,
+                    "changes": changes,
+                    "ids": [vocab.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts],
+                    "add_special": [vocab.tokenize(t.encode("utf-8"), add_bos=True, special=True) for t in ["", "Hi"]],
+                }
+            )
+            del vocab
+    golden = {
+        "llama_cpp_python": llama_cpp.__version__,
+        "tokenize": "llm.tokenize(text.encode('utf-8'), add_bos=False, special=True); add_special: add_bos=True",
+        "texts": texts,
+        "variants": variants,
+    }
+    (out_dir / "variants.json").write_text(json.dumps(golden, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"variants: {len(variants)} x {len(texts)} strings")
+
+
+def _write_metadata_copy(src: Path, dst: Path, changes: dict) -> None:
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in changes:
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), kind, sub_type=sub)
+    for name, value in changes.items():
+        if value is not None:
+            kind = gguf.GGUFValueType.BOOL if isinstance(value, bool) else gguf.GGUFValueType.STRING
+            writer.add_key_value(name, value, kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -305,7 +371,7 @@ def _sha256(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", choices=[*MODELS, []], help="default: all")
+    parser.add_argument("models", nargs="*", choices=[*MODELS, "variants", []], help="default: all")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "goldens")
     parser.add_argument(
         "--site-packages", type=Path, action="append", default=[],
@@ -315,8 +381,8 @@ def main() -> None:
     args = parser.parse_args()
     # Appended, not prepended: this Python's own numpy stays the one imported.
     sys.path += [str(p) for p in args.site_packages or ROOT.glob(".venv/lib/python3*/site-packages")]
-    for name in args.models or list(MODELS):
-        record(name, args.out)
+    for name in args.models or [*MODELS, "variants"]:
+        record_variants(args.out) if name == "variants" else record(name, args.out)
 
 
 if __name__ == "__main__":

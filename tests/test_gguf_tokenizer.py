@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -25,19 +26,28 @@ GOLDENS = Path(__file__).parent / "goldens"
 MODELS = {"smollm2": assets.smollm2_gguf, "gemma3": assets.gemma3_gguf}
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
-def model(request, tmp_path_factory):
-    """(name, GGUF metadata, tokenizer files written to a directory, llama.cpp golden)."""
-    name = request.param
+@functools.lru_cache(maxsize=None)
+def _metadata(name: str) -> dict:
     try:
         path = MODELS[name]()
     except MlxEdgeError as e:
         pytest.skip(f"real model {name} not installed: {e}")
-    golden_file = GOLDENS / f"{name}.json"
-    if not golden_file.is_file():
-        pytest.skip(f"no llama.cpp golden {golden_file.name}; run scripts/record_llamacpp_goldens.py")
-    golden = json.loads(golden_file.read_text(encoding="utf-8"))
-    meta = gguf_metadata(path)
+    return gguf_metadata(path)
+
+
+def _golden(filename: str) -> dict:
+    path = GOLDENS / filename
+    if not path.is_file():
+        pytest.skip(f"no llama.cpp golden {filename}; run scripts/record_llamacpp_goldens.py")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def model(request, tmp_path_factory):
+    """(name, GGUF metadata, tokenizer files written to a directory, llama.cpp golden)."""
+    name = request.param
+    meta = _metadata(name)
+    golden = _golden(f"{name}.json")
     files = tokenizer_files(meta)
     out = tmp_path_factory.mktemp(name)
     for fname, obj in files.items():
@@ -202,6 +212,25 @@ def test_mlx_lm_loads_the_files(model):
         detok.add_token(i)
     detok.finalize()
     assert detok.text == text
+
+
+VARIANTS = _golden("variants.json")["variants"] if (GOLDENS / "variants.json").is_file() else []
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['base']}-{v['changes']}")
+def test_other_pre_tokenizers_and_flags(variant):
+    """The real vocabularies under other settings (pre-tokenizer regexes, ▁ prefix, default BOS)."""
+    meta = dict(_metadata(variant["base"]))
+    for key, value in variant["changes"].items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    tok = tokenizers.Tokenizer.from_str(json.dumps(tokenizer_files(meta)["tokenizer.json"]))
+    texts = _golden("variants.json")["texts"]
+    bad = [(t, ids) for t, ids in zip(texts, variant["ids"]) if tok.encode(t, add_special_tokens=False).ids != ids]
+    assert not bad, f"{len(bad)}/{len(texts)} differ, first: {bad[:3]}"
+    assert [tok.encode(t).ids for t in ["", "Hi"]] == variant["add_special"]
 
 
 def test_fast_metadata_equals_gguf_py(tmp_path):

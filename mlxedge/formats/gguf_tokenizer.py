@@ -27,28 +27,25 @@ from ..errors import MlxEdgeError
 # tokenizer.ggml.token_type values (llama.h `llama_token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# The GPT-2 split; llama.cpp's hand-written version of it also ends with the `\s+` fallback.
+# The regexes are llama.cpp's own spellings, which differ from the tokenizer.json originals where
+# its engine differs: contractions spelled '[sS] (not (?i:'s), which also takes "'ſ"), and GPT-4o /
+# Tekken letters as "(?=\p{L})[^a-z]", so combining marks (U+FE0F...) are not part of a word.
+# The GPT-2 split also ends with `\s+`: llama.cpp's hand-written version of it does.
+_S = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_LLAMA3 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_LLAMA3 = _S + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2 = _S + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _QWEN35 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
-    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    _S + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+_UPPER = r"((?=[\p{L}])([^a-z]))"  # a letter that is not a-z
+_LOWER = r"((?=[\p{L}])([^A-Z]))"
 _GPT4O = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_S}?|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_S}?"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _TEKKEN = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
@@ -283,18 +280,20 @@ def _sentencepiece_bpe(meta: dict) -> tuple[dict, Any, Any, dict]:
     tokens = meta["tokenizer.ggml.tokens"]
     scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
     index = _vocab(tokens)
-    merges = []  # (score of the joined entry, its id, split position, left, right)
+    pairs, joined = [], []  # every (left, right) split of an entry into two entries; the entry's id
     for tid, text in enumerate(tokens):
-        if tid != index[text] or len(text) < 2:
+        if len(text) < 2 or index[text] != tid:
             continue
         for cut in range(1, len(text)):
-            left, right = text[:cut], text[cut:]
             # llama.cpp could also join a lone character that is no entry; tokenizers spells such a
             # character as bytes before merging, so it cannot (in Gemma 3 only ' ' is one, and spaces
             # never reach the model: they become U+2581 first).
-            if left in index and right in index:
-                merges.append((-float(scores[tid]), tid, cut, left, right))
-    merges.sort()
+            if text[:cut] in index and text[cut:] in index:
+                pairs.append([text[:cut], text[cut:]])
+                joined.append(tid)
+    # Best score first; a stable sort keeps equal scores in id order, then split order.
+    order = np.argsort(-np.asarray(scores, dtype=np.float64)[joined], kind="stable")
+    merges = [pairs[i] for i in order.tolist()]
     normalizer: dict = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
     decoder_steps = [
         {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
@@ -306,7 +305,7 @@ def _sentencepiece_bpe(meta: dict) -> tuple[dict, Any, Any, dict]:
         decoder_steps.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
     unk_id = _token_id(meta, "unknown")
     unk = tokens[unk_id] if unk_id is not None else None
-    model = _bpe_model(meta, [[m[3], m[4]] for m in merges], byte_fallback=True, ignore_merges=False, unk=unk)
+    model = _bpe_model(meta, merges, byte_fallback=True, ignore_merges=False, unk=unk)
     return model, normalizer, None, {"type": "Sequence", "decoders": decoder_steps}
 
 
