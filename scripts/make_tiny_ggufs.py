@@ -74,7 +74,7 @@ MODELS = {
              dict(_SMALL, partial_rotary_factor=0.5, rope_theta=10000.0, original_max_position_embeddings=256,
                   sliding_window=None, tie_word_embeddings=False), 6),
     # hidden and ffn 256: K-quant super-blocks need rows of 256 (else llama.cpp falls back).
-    # One layer keeps the files small; Q4_K_M still mixes Q4_K and Q6_K in it.
+    # One layer keeps the file small; its seven matrices take seven GGML types (below).
     "llama256": ("LlamaConfig", "LlamaForCausalLM",
                  dict(_SMALL, hidden_size=256, intermediate_size=256, head_dim=64, num_hidden_layers=1,
                       rope_theta=10000.0, tie_word_embeddings=True), 7),
@@ -101,7 +101,7 @@ GGUFS = {
     "llama256-kmix": ("llama256", ("quantize", "Q4_K_M", "llama256-f32", {
         "token_embd": "Q4_K", "attn_q": "Q2_K", "attn_k": "Q3_K", "attn_v": "Q6_K",
         "attn_output": "Q5_K", "ffn_gate": "TQ1_0", "ffn_up": "TQ2_0", "ffn_down": "IQ4_NL"})),
-    "llama256-f32": ("llama256", ("convert", "f32")),  # work only: too big to keep
+    "llama256-f32": ("llama256", ("convert", "f32")),
 }
 KEEP_OUT = {"llama256-f32", "mistral-f32"}  # too big to keep (their quantized files stay)
 
@@ -160,7 +160,7 @@ def _randomize(model, gemma: bool, seed: int) -> None:
 def stage_convert(hf_dir: Path, outtype: str, outfile: Path) -> None:
     """Run llama.cpp's convert_hf_to_gguf.py in this process, with the two tokenizer patches."""
     sys.path.insert(0, str(LLAMA_CPP))
-    import convert_hf_to_gguf  # noqa: E402  (inserts its own gguf-py into sys.path)
+    import convert_hf_to_gguf  # inserts its own gguf-py into sys.path
     from conversion.base import TextModel
     from conversion.phi import Phi3MiniModel
 
@@ -312,10 +312,13 @@ def _tensor_types(gguf_path: Path) -> dict:
 
 
 def main() -> None:
+    global LLAMA_CPP
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=["all", "hf", "convert", "oracle", "llamacpp"], default="all")
     ap.add_argument("--work", type=Path, default=Path("/tmp/tiny_ggufs"))
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "gguf")
+    ap.add_argument("--llama-cpp", type=Path, default=LLAMA_CPP,
+                    help="llama.cpp source tree with convert_hf_to_gguf.py and gguf-py/")
     ap.add_argument("--torch-python", default="/work/torchenv/bin/python")
     ap.add_argument("--llama-python", default="/work/oracle/bin/python")
     ap.add_argument("--hf-dir", type=Path)
@@ -325,6 +328,7 @@ def main() -> None:
     ap.add_argument("--resume", choices=["convert", "quantize", "oracle", "logits", "copy"],
                     help="skip the steps before this one (their outputs are in --work)")
     args = ap.parse_args()
+    LLAMA_CPP = args.llama_cpp.resolve()
     if args.stage == "hf":
         return stage_hf(args.work)
     if args.stage == "convert":
@@ -340,7 +344,7 @@ def main() -> None:
     w = str(args.work)
 
     def run(py: str, *extra: str) -> None:
-        subprocess.run([py, me, "--work", w, *extra], check=True)
+        subprocess.run([py, me, "--work", w, "--llama-cpp", str(LLAMA_CPP), *extra], check=True)
 
     steps = ["hf", "convert", "quantize", "oracle", "logits", "copy"]
     todo = steps[steps.index(args.resume or "hf"):]
