@@ -35,6 +35,8 @@ HARD_STRINGS = [
     "multiple     spaces    between   words",
     "tabs\tand\t\ttabs",
     "CRLF line\r\nnext line\r\n",
+    "a\r\nb\r\n\r\nc \r\n d",
+    "x\u0301 \u2581\u0301 e\u0301e",
     "\n\n\nnewlines\n",
     "unicode: café naïve résumé façade Ünïcödé",
     "combining e\u0301 and precomposed \u00e9",
@@ -689,6 +691,71 @@ def make_tiny(out: Path) -> list[str]:
     return names
 
 
+# -- the real SmolLM2 bundle ---------------------------------------------------------------------
+
+REAL_PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a concise assistant."},
+     {"role": "user", "content": "List three primary colors."}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+]
+KL_TOKENS = 128
+GREEDY_TOKENS = 8
+
+
+def kl_text() -> str:
+    """Human-written text installed with numpy (never /usr/share/common-licenses)."""
+    sp = site_packages()
+    return next(sp.glob("numpy-*.dist-info/licenses/LICENSE.txt")).read_text(encoding="utf-8")
+
+
+def make_real(out: Path) -> list[str]:
+    """Convert SmolLM2 (and Gemma 3) from their GGUFs into swift/Generated and record mlx-lm's
+    greedy continuations and log-probabilities there; tokenizer goldens for both tokenizers."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+    from mlx_lm.generate import generate_step
+
+    from mlxedge import assets
+    from mlxedge.convert import convert
+
+    made = []
+    for name, gguf_path in (("smollm2", assets.smollm2_gguf), ("gemma3", assets.gemma3_gguf)):
+        try:
+            src = gguf_path()
+        except Exception as e:  # the model package is not installed: skip, the Swift tests skip too
+            print(f"skipping {name}: {e}")
+            continue
+        bundle = out / name
+        out.mkdir(parents=True, exist_ok=True)
+        if not (bundle / "config.json").exists():
+            convert(src, bundle, force=True, show_progress=False)
+        tok_dir = out / "tokenizers" / name
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bundle / "tokenizer.json", tok_dir / "tokenizer.json")
+        write_tokenizer_goldens(tok_dir, HARD_STRINGS + [kl_text()[:2000]])
+
+        model, tokenizer = load(str(bundle))
+        prompts = []
+        for messages in REAL_PROMPTS:
+            if name == "gemma3" and messages[0]["role"] == "system":
+                pass  # Gemma's template folds the system prompt into the first user turn
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = tokenizer.encode(text, add_special_tokens=not text.startswith(tokenizer.bos_token or "\0"))
+            greedy = [int(t) for t, _ in generate_step(mx.array(ids), model, max_tokens=GREEDY_TOKENS)]
+            prompts.append({"messages": messages, "text": text, "ids": ids, "greedy": greedy})
+        kl_ids = tokenizer.encode(kl_text())[:KL_TOKENS]
+        logits = model(mx.array(kl_ids)[None])[0].astype(mx.float32)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        mx.eval(logprobs)
+        np.asarray(logprobs, dtype="<f4").tofile(bundle / "golden_logprobs.f32")
+        (bundle / "golden.json").write_text(json.dumps({
+            "prompts": prompts, "kl_ids": kl_ids, "vocab_size": int(logits.shape[-1])}, ensure_ascii=False) + "\n")
+        made.append(name)
+    return made
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="tokenizers,templates,sampling,tiny,real")
@@ -703,6 +770,8 @@ def main() -> int:
         print("sampling cases:", make_sampling(FIXTURES))
     if "tiny" in parts:
         print("tiny bundles:", ", ".join(make_tiny(FIXTURES)))
+    if "real" in parts:
+        print("real models:", ", ".join(make_real(GENERATED)) or "none")
     return 0
 
 

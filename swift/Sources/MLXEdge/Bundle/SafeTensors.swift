@@ -102,9 +102,9 @@ public func readSafeTensors(path: String) throws -> [String: Tensor] {
 public func halfToFloat(_ h: UInt16) -> Float {
     let sign = UInt32(h & 0x8000) << 16
     let em = UInt32(h & 0x7FFF)
-    if em >= 0x7C00 { return Float(bitPattern: sign | 0x7F80_0000 | ((em & 0x3FF) << 13)) }
     // Shifting puts the half's exponent/mantissa in place; the multiply rebiases (2^112) and
-    // normalizes subnormals in one exact step.
-    let magnitude = Float(bitPattern: em << 13) * 0x1p112
-    return Float(bitPattern: magnitude.bitPattern | sign)
+    // normalizes subnormals in one exact step. Infinities and NaN are selected without a branch.
+    let finite = (Float(bitPattern: em << 13) * 0x1p112).bitPattern
+    let special = 0x7F80_0000 | ((em & 0x3FF) << 13)
+    return Float(bitPattern: (em >= 0x7C00 ? special : finite) | sign)
 }

@@ -54,11 +54,16 @@ struct Words {
     @inline(__always) static func + (w: Words, n: Int) -> Words { Words(base: w.base + 4 * n) }
 }
 
-/// Unpacks `groupSize` b-bit values starting at word `w` into Float lanes and returns
-/// sum(q_i * x_i) for the group (x points at the group's first input).
+/// Reads one group of `groupSize` packed values. Kernels work in the unpacker's own value order
+/// (`order`), into which they first rearrange the input vector, so that unpacking needs no
+/// per-lane shifts (x86 without AVX2 has none).
 protocol Unpacker {
     static var bits: Int { get }
-    static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ groupSize: Int) -> Float
+    /// Position in the natural order of the value the unpacker yields at position `i`.
+    static func order(_ i: Int, _ groupSize: Int) -> Int
+    /// sum_i q_i * x_i over one group as 8 partial sums; `x` is in the unpacker's order.
+    static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ groupSize: Int) -> SIMD8<Float>
+    /// The group's q values as Float, in the unpacker's order.
     static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ groupSize: Int)
 }
 
@@ -69,88 +74,77 @@ protocol Unpacker {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
 
-enum Unpack4: Unpacker {
-    static let bits = 4
-    static let shifts = SIMD8<UInt32>(0, 4, 8, 12, 16, 20, 24, 28)
-    @inline(__always) static func lanes(_ w: UInt32) -> SIMD8<Float> {
-        SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: (SIMD8<UInt32>(repeating: w) &>> shifts) & 0xF))
+/// 2, 4 and 8 bits: MLX packs value i of a row at bit i * bits of a little-endian stream, so byte k
+/// holds values k*per ..< (k+1)*per (per = 8 / bits). "Plane" j of a group, the values j, j+per,
+/// j+2per..., is (bytes >> (j * bits)) & mask: one shift for all lanes. The unpacker's order is
+/// plane by plane.
+protocol PlaneWidth { static var bits: Int { get } }
+enum Width2: PlaneWidth { static let bits = 2 }
+enum Width4: PlaneWidth { static let bits = 4 }
+enum Width8: PlaneWidth { static let bits = 8 }
+
+enum Planes<W: PlaneWidth>: Unpacker {
+    static var bits: Int { W.bits }
+    @inline(__always) static var per: Int { 8 / W.bits }
+
+    @inline(__always) static func order(_ i: Int, _ gs: Int) -> Int {
+        let lanes = gs / per  // bytes per group = values per plane
+        return (i % lanes) * per + i / lanes
     }
-    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
+
+    @inline(__always) static func plane(_ bytes: UnsafeRawPointer, _ j: Int, _ k: Int) -> SIMD8<Float> {
+        let b = bytes.loadUnaligned(fromByteOffset: k, as: SIMD8<UInt8>.self)
+        let q = W.bits == 8 ? b : (b &>> UInt8(j * W.bits)) & UInt8((1 << W.bits) - 1)
+        return SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: q))
+    }
+
+    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> SIMD8<Float> {
+        let lanes = gs / per
         var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
-        var i = 0
-        while i < gs / 8 {
-            acc0.addProduct(lanes(words[i]), load8(x + 8 * i))
-            acc1.addProduct(lanes(words[i + 1]), load8(x + 8 * i + 8))
-            i += 2
+        for j in 0..<per {
+            var k = 0
+            while k + 16 <= lanes {
+                acc0 += plane(words.base, j, k) * load8(x + j * lanes + k)
+                acc1 += plane(words.base, j, k + 8) * load8(x + j * lanes + k + 8)
+                k += 16
+            }
+            if k < lanes { acc0 += plane(words.base, j, k) * load8(x + j * lanes + k) }  // 8 lanes left
         }
-        return (acc0 + acc1).sum()
+        return acc0 + acc1
     }
-    @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
-        for i in 0..<(gs / 8) { store8(lanes(words[i]), out + 8 * i) }
-    }
-}
 
-enum Unpack8: Unpacker {
-    static let bits = 8
-    static let shifts = SIMD8<UInt32>(0, 8, 16, 24, 0, 8, 16, 24)
-    @inline(__always) static func lanes(_ a: UInt32, _ b: UInt32) -> SIMD8<Float> {
-        let w = SIMD8<UInt32>(a, a, a, a, b, b, b, b)
-        return SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: (w &>> shifts) & 0xFF))
-    }
-    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
-        var acc = SIMD8<Float>()
-        for i in 0..<(gs / 8) { acc.addProduct(lanes(words[2 * i], words[2 * i + 1]), load8(x + 8 * i)) }
-        return acc.sum()
-    }
     @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
-        for i in 0..<(gs / 8) { store8(lanes(words[2 * i], words[2 * i + 1]), out + 8 * i) }
-    }
-}
-
-enum Unpack2: Unpacker {
-    static let bits = 2
-    static let shifts = SIMD8<UInt32>(0, 2, 4, 6, 8, 10, 12, 14)
-    @inline(__always) static func lanes(_ w: UInt32) -> SIMD8<Float> {
-        SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: (SIMD8<UInt32>(repeating: w) &>> shifts) & 0x3))
-    }
-    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
-        var acc = SIMD8<Float>()
-        for i in 0..<(gs / 16) {
-            acc.addProduct(lanes(words[i]), load8(x + 16 * i))
-            acc.addProduct(lanes(words[i] >> 16), load8(x + 16 * i + 8))
-        }
-        return acc.sum()
-    }
-    @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
-        for i in 0..<(gs / 16) {
-            store8(lanes(words[i]), out + 16 * i)
-            store8(lanes(words[i] >> 16), out + 16 * i + 8)
+        let lanes = gs / per
+        for j in 0..<per {
+            var k = 0
+            while k < lanes { store8(plane(words.base, j, k), out + j * lanes + k); k += 8 }
         }
     }
 }
 
-/// 3, 5 and 6 bits: values straddle words; read each from a 64-bit window of the bit stream.
-enum UnpackAny<B: BitWidth>: Unpacker {
+/// 3, 5 and 6 bits: values straddle bytes; read each from a 64-bit window of the bit stream.
+/// Natural order.
+enum UnpackAny<B: PlaneWidth>: Unpacker {
     static var bits: Int { B.bits }
+    @inline(__always) static func order(_ i: Int, _ gs: Int) -> Int { i }
     @inline(__always) static func value(_ words: Words, _ i: Int) -> UInt32 {
         let bit = i * B.bits
         let lo = UInt64(words[bit >> 5])
         let hi = (bit & 31) + B.bits > 32 ? UInt64(words[(bit >> 5) + 1]) << 32 : 0
         return UInt32(truncatingIfNeeded: ((lo | hi) >> UInt64(bit & 31)) & UInt64((1 << B.bits) - 1))
     }
-    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> Float {
-        var acc: Float = 0
-        for i in 0..<gs { acc += Float(value(words, i)) * x[i] }
+    @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> SIMD8<Float> {
+        var acc = SIMD8<Float>()
+        for i in 0..<gs { acc[i & 7] += Float(value(words, i)) * x[i] }
         return acc
     }
     @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
         for i in 0..<gs { out[i] = Float(value(words, i)) }
     }
 }
-protocol BitWidth { static var bits: Int { get } }
-enum Bits3: BitWidth { static let bits = 3 }
-enum Bits5: BitWidth { static let bits = 5 }
-enum Bits6: BitWidth { static let bits = 6 }
+enum Bits3: PlaneWidth { static let bits = 3 }
+enum Bits5: PlaneWidth { static let bits = 5 }
+enum Bits6: PlaneWidth { static let bits = 6 }
 
 // MARK: - dot products
 
@@ -163,8 +157,8 @@ enum Bits6: BitWidth { static let bits = 6 }
     var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
     var i = 0
     while i + 16 <= n {
-        acc0.addProduct(load8(a + i), load8(b + i))
-        acc1.addProduct(load8(a + i + 8), load8(b + i + 8))
+        acc0 += load8(a + i) * load8(b + i)
+        acc1 += load8(a + i + 8) * load8(b + i + 8)
         i += 16
     }
     var s = (acc0 + acc1).sum()

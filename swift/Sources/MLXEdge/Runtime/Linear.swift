@@ -76,12 +76,12 @@ private struct AffineCall {
     /// Pick concrete (bits, scale dtype) types so each kernel is compiled specialized.
     func run(bits: Int) {
         switch bits {
-        case 2: withScales(Unpack2.self)
+        case 2: withScales(Planes<Width2>.self)
         case 3: withScales(UnpackAny<Bits3>.self)
-        case 4: withScales(Unpack4.self)
+        case 4: withScales(Planes<Width4>.self)
         case 5: withScales(UnpackAny<Bits5>.self)
         case 6: withScales(UnpackAny<Bits6>.self)
-        case 8: withScales(Unpack8.self)
+        case 8: withScales(Planes<Width8>.self)
         default: fatalError("bits checked at load")
         }
     }
@@ -104,55 +104,88 @@ private struct AffineCall {
 
 // Generic kernels: opening the existentials here gives one specialized copy per (bits, dtype).
 
-private func dequantizeRow<U: Unpacker, S: ScalarReader>(
+/// Row `r` dequantized into `out` in the unpacker's order (see `Unpacker.order`).
+@inline(__always)
+private func dequantizeRowUnordered<U: Unpacker, S: ScalarReader>(
     _: U.Type, _: S.Type, _ w: Tensor, _ s: Tensor, _ b: Tensor, _ gs: Int, _ r: Int, _ out: UnsafeMutablePointer<Float>
 ) {
-    let I = w.shape[1] * 32 / U.bits
-    let groups = I / gs
-    let words = Words(base: w.data) + r * w.shape[1]
+    let rowWords = w.shape[1]
+    let groups = rowWords * 32 / U.bits / gs
+    let words = Words(base: w.data) + r * rowWords
     let wordsPerGroup = gs * U.bits / 32
     for g in 0..<groups {
         let scale = S.read(s.data, r * groups + g), bias = S.read(b.data, r * groups + g)
-        U.unpack(words + g * wordsPerGroup, out + g * gs, gs)
-        for i in 0..<gs { out[g * gs + i] = out[g * gs + i] * scale + bias }
+        let o = out + g * gs
+        U.unpack(words + g * wordsPerGroup, o, gs)
+        var i = 0
+        while i < gs { store8(load8(o + i) * scale + bias, o + i); i += 8 }
     }
 }
 
+/// Row `r` dequantized in natural order (embedding lookups).
+private func dequantizeRow<U: Unpacker, S: ScalarReader>(
+    _ u: U.Type, _ sr: S.Type, _ w: Tensor, _ s: Tensor, _ b: Tensor, _ gs: Int, _ r: Int, _ out: UnsafeMutablePointer<Float>
+) {
+    let I = w.shape[1] * 32 / U.bits
+    let tmp = UnsafeMutablePointer<Float>.allocate(capacity: I)
+    defer { tmp.deallocate() }
+    dequantizeRowUnordered(u, sr, w, s, b, gs, r, tmp)
+    for g in 0..<(I / gs) { for i in 0..<gs { out[g * gs + U.order(i, gs)] = tmp[g * gs + i] } }
+}
+
+/// x (T, I) rearranged group by group into the unpacker's order.
+private func reorder<U: Unpacker>(_: U.Type, _ x: UnsafePointer<Float>, _ T: Int, _ I: Int, _ gs: Int) -> [Float] {
+    var out = [Float](repeating: 0, count: T * I)
+    let map = (0..<gs).map { U.order($0, gs) }
+    for t in 0..<T {
+        for g in 0..<(I / gs) {
+            let base = t * I + g * gs
+            for i in 0..<gs { out[base + i] = x[base + map[i]] }
+        }
+    }
+    return out
+}
+
 private func affineMatmul<U: Unpacker, S: ScalarReader>(
-    _: U.Type, _: S.Type, _ w: Tensor, _ s: Tensor, _ b: Tensor, _ gs: Int,
+    _ u: U.Type, _ sr: S.Type, _ w: Tensor, _ s: Tensor, _ b: Tensor, _ gs: Int,
     _ x: UnsafePointer<Float>, _ T: Int, _ y: UnsafeMutablePointer<Float>, _ I: Int, _ O: Int
 ) {
     let groups = I / gs
     let rowWords = w.shape[1]
     let wordsPerGroup = gs * U.bits / 32
     let packed = Words(base: w.data)
-    if T == 1 {
-        // sum_i (s q_i + b) x_i = s * sum_i q_i x_i + b * sum_i x_i: the group sums of x are shared.
-        var xsum = [Float](repeating: 0, count: groups)
-        for g in 0..<groups { for i in 0..<gs { xsum[g] += x[g * gs + i] } }
-        xsum.withUnsafeBufferPointer { xs in
-            let xsum = xs.baseAddress!
-            parallelFor(O, work: O * I) { r0, r1 in
-                for r in r0..<r1 {
-                    let words = packed + r * rowWords
-                    var acc: Float = 0
-                    for g in 0..<groups {
-                        let d = U.dot(words + g * wordsPerGroup, x + g * gs, gs)
-                        acc += S.read(s.data, r * groups + g) * d + S.read(b.data, r * groups + g) * xsum[g]
+    let xr = reorder(u, x, T, I, gs)
+    xr.withUnsafeBufferPointer { xrp in
+        let x = xrp.baseAddress!
+        if T == 1 {
+            // sum_i (s q_i + b) x_i = s * sum_i q_i x_i + b * sum_i x_i: the group sums of x are shared.
+            var xsum = [Float](repeating: 0, count: groups)
+            for g in 0..<groups { for i in 0..<gs { xsum[g] += x[g * gs + i] } }
+            xsum.withUnsafeBufferPointer { xs in
+                let xsum = xs.baseAddress!
+                parallelFor(O, work: O * I) { r0, r1 in
+                    for r in r0..<r1 {
+                        let words = packed + r * rowWords
+                        var acc = SIMD8<Float>()  // summed across lanes once per row
+                        var biasTerm: Float = 0
+                        for g in 0..<groups {
+                            acc += U.dot(words + g * wordsPerGroup, x + g * gs, gs) * S.read(s.data, r * groups + g)
+                            biasTerm += S.read(b.data, r * groups + g) * xsum[g]
+                        }
+                        y[r] = acc.sum() + biasTerm
                     }
-                    y[r] = acc
                 }
             }
+            return
         }
-        return
-    }
-    // Prefill: dequantize one row at a time into a small buffer and reuse it for all T inputs.
-    parallelFor(O, work: O * I * T) { r0, r1 in
-        let row = UnsafeMutablePointer<Float>.allocate(capacity: I)
-        defer { row.deallocate() }
-        for r in r0..<r1 {
-            dequantizeRow(U.self, S.self, w, s, b, gs, r, row)
-            for t in 0..<T { y[t * O + r] = dot(row, x + t * I, I) }
+        // Prefill: dequantize one row at a time into a small buffer and reuse it for all T inputs.
+        parallelFor(O, work: O * I * T) { r0, r1 in
+            let row = UnsafeMutablePointer<Float>.allocate(capacity: I)
+            defer { row.deallocate() }
+            for r in r0..<r1 {
+                dequantizeRowUnordered(u, sr, w, s, b, gs, r, row)
+                for t in 0..<T { y[t * O + r] = dot(row, x + t * I, I) }
+            }
         }
     }
 }
@@ -166,7 +199,7 @@ private func floatMatmul<R: RowReader & ScalarReader>(
             for r in r0..<r1 {
                 var acc = SIMD8<Float>()
                 var i = 0
-                while i < vectorized { acc.addProduct(R.load8(w, r * I + i), load8(x + i)); i += 8 }
+                while i < vectorized { acc += R.load8(w, r * I + i) * load8(x + i); i += 8 }
                 var sum = acc.sum()
                 while i < I { sum += R.read(w, r * I + i) * x[i]; i += 1 }
                 y[r] = sum

@@ -97,17 +97,17 @@ enum Builtins {
             case "capitalize": fn = { _ in .string(capitalize(s)) }
             case "split": fn = { args in .array(split(s, args.first, maxsplit: args.count > 1 ? try int(args[1]) : -1).map { .string($0) }) }
             case "splitlines": fn = { _ in .array(s.split(omittingEmptySubsequences: false, whereSeparator: { $0.isNewline }).map { .string(String($0)) }) }
-            case "startswith": fn = { args in .bool(try affixes(args.first).contains { s.hasPrefix($0) }) }
-            case "endswith": fn = { args in .bool(try affixes(args.first).contains { s.hasSuffix($0) }) }
+            case "startswith": fn = { args in .bool(try affixes(args.first).contains { s.scalarHasPrefix($0) }) }
+            case "endswith": fn = { args in .bool(try affixes(args.first).contains { s.scalarHasSuffix($0) }) }
             case "replace": fn = { args in
                 guard args.count >= 2 else { throw MLXEdgeError.template("replace needs 2 arguments") }
-                return .string(s.replacingOccurrences(of: args[0].rendered, with: args[1].rendered))
+                return .string(s.scalarReplacing(args[0].rendered, with: args[1].rendered))
             }
             case "find": fn = { args in
-                guard let r = s.range(of: args.first?.rendered ?? "") else { return .int(-1) }
+                guard let r = s.scalarRanges(of: args.first?.rendered ?? "").first else { return .int(-1) }
                 return .int(s.unicodeScalars.distance(from: s.startIndex, to: r.lowerBound))
             }
-            case "count": fn = { args in .int(s.components(separatedBy: args.first?.rendered ?? "").count - 1) }
+            case "count": fn = { args in .int(s.scalarRanges(of: args.first?.rendered ?? "").count) }
             case "join": fn = { args in
                 guard case .array(let a)? = args.first else { throw MLXEdgeError.template("join needs a list") }
                 return .string(a.map(\.rendered).joined(separator: s))
@@ -213,7 +213,7 @@ enum Builtins {
         switch container {
         case .string(let s):
             guard case .string(let sub) = item else { throw MLXEdgeError.template("'in <string>' needs a string") }
-            return sub.isEmpty || s.contains(sub)
+            return s.scalarContains(sub)
         case .array(let a): return a.contains(item)
         case .object(let o): if case .string(let k) = item { return o[k] != nil } else { return false }
         case .namespace(let ns): if case .string(let k) = item { return ns.attributes[k] != nil } else { return false }
@@ -248,8 +248,8 @@ enum Builtins {
             return .double(abs(try number(v)))
         case "safe": return v
         case "escape", "e":
-            return .string(v.rendered.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-                .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&#34;").replacingOccurrences(of: "'", with: "&#39;"))
+            return .string(v.rendered.scalarReplacing("&", with: "&amp;").scalarReplacing("<", with: "&lt;")
+                .scalarReplacing(">", with: "&gt;").scalarReplacing("\"", with: "&#34;").scalarReplacing("'", with: "&#39;"))
         case "default", "d":
             let fallback = kw("default_value", 0) ?? .string("")
             let boolean = kw("boolean", 1)?.truthy ?? false
@@ -303,7 +303,7 @@ enum Builtins {
             return .array(o.keys.map { .array([.string($0), o[$0]!]) })
         case "replace":
             guard args.count >= 2 else { throw MLXEdgeError.template("replace needs 2 arguments") }
-            return .string(v.rendered.replacingOccurrences(of: args[0].rendered, with: args[1].rendered))
+            return .string(v.rendered.scalarReplacing(args[0].rendered, with: args[1].rendered))
         case "round":
             let digits = try kw("precision", 0).map { try int($0) } ?? 0
             let p = pow(10, Double(digits))
@@ -312,7 +312,7 @@ enum Builtins {
             let width = try kw("width", 0).map { try int($0) } ?? 4
             let first = kw("first", 1)?.truthy ?? false
             let pad = String(repeating: " ", count: width)
-            let lines = v.rendered.components(separatedBy: "\n")
+            let lines = v.rendered.scalarSplit("\n")
             return .string(lines.enumerated().map { i, l in (i == 0 && !first) || l.isEmpty ? l : pad + l }.joined(separator: "\n"))
         case "tojson":
             let indent = try kw("indent", 0).flatMap { $0 == .none ? nil : try int($0) }
@@ -419,7 +419,7 @@ func split(_ s: String, _ sep: Value?, maxsplit: Int) -> [String] {
         if !current.isEmpty { parts.append(String(current)) }
         return parts
     }
-    var parts = s.components(separatedBy: sepString)
+    var parts = s.scalarSplit(sepString)
     if maxsplit >= 0 && parts.count > maxsplit + 1 {
         parts = Array(parts[..<maxsplit]) + [parts[maxsplit...].joined(separator: sepString)]
     }

@@ -74,7 +74,7 @@ indirect enum TokenDecoder: Sendable {
         case .metaspace(let replacement, let scheme):
             // As tokenizers does: in the first token every replacement character is dropped.
             return tokens.enumerated().map { i, t in
-                t.replacingOccurrences(of: replacement, with: i == 0 && scheme != "never" ? "" : " ")
+                t.scalarReplacing(replacement, with: i == 0 && scheme != "never" ? "" : " ")
             }
         }
     }

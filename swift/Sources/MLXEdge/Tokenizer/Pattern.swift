@@ -38,22 +38,19 @@ struct Pattern: @unchecked Sendable {  // NSRegularExpression is immutable and t
         return out
     }
 
-    /// Non-overlapping matches, left to right, as ranges of `s`.
+    /// Non-overlapping matches, left to right, as ranges of `s`. Indices come from the UTF-16 and
+    /// scalar views, never rounded to Characters: a match may end inside "\r\n" or before a
+    /// combining mark.
     func matches(in s: String) -> [Range<String.Index>] {
         switch kind {
         case .literal(let lit):
-            guard !lit.isEmpty else { return [] }
-            var out: [Range<String.Index>] = []
-            var start = s.startIndex
-            while let r = s.range(of: lit, options: .literal, range: start..<s.endIndex) {
-                out.append(r)
-                start = r.upperBound
-            }
-            return out
+            return s.scalarRanges(of: lit)
         case .regex(let re):
-            let ns = NSRange(s.startIndex..<s.endIndex, in: s)
-            return re.matches(in: s, range: ns).compactMap { m in
-                m.range.length == 0 ? nil : Range(m.range, in: s)
+            let utf16 = s.utf16
+            return re.matches(in: s, range: NSRange(location: 0, length: utf16.count)).compactMap { m in
+                guard m.range.length > 0 else { return nil }
+                let lo = utf16.index(utf16.startIndex, offsetBy: m.range.location)
+                return lo..<utf16.index(lo, offsetBy: m.range.length)
             }
         }
     }
@@ -61,7 +58,7 @@ struct Pattern: @unchecked Sendable {  // NSRegularExpression is immutable and t
     func replacingAll(in s: String, with content: String) -> String {
         switch kind {
         case .literal(let lit):
-            return lit.isEmpty ? s : s.replacingOccurrences(of: lit, with: content, options: .literal)
+            return s.scalarReplacing(lit, with: content)
         case .regex(let re):
             let ns = NSRange(s.startIndex..<s.endIndex, in: s)
             return re.stringByReplacingMatches(in: s, range: ns, withTemplate: NSRegularExpression.escapedTemplate(for: content))

@@ -37,7 +37,7 @@ indirect enum PreTokenizer: Sendable {
             return list.reduce(pieces) { $1($0, first: first) }
         case .byteLevel(let addPrefixSpace, let useRegex):
             return pieces.flatMap { p -> [String] in
-                let s = addPrefixSpace && !p.hasPrefix(" ") ? " " + p : p
+                let s = addPrefixSpace && !p.scalarHasPrefix(" ") ? " " + p : p
                 let parts = useRegex ? MLXEdge.split(s, at: Self.gpt2.matches(in: s), behavior: .isolated) : [s]
                 return parts.map(ByteLevel.encode)
             }
@@ -50,9 +50,9 @@ indirect enum PreTokenizer: Sendable {
             }
         case .metaspace(let replacement, let scheme, let doSplit):
             return pieces.enumerated().flatMap { (i, p) -> [String] in
-                var s = p.replacingOccurrences(of: " ", with: replacement)
+                var s = p.scalarReplacing(" ", with: replacement)
                 let prepend = scheme == "always" || (scheme == "first" && first && i == 0)
-                if prepend && !s.hasPrefix(replacement) { s = replacement + s }
+                if prepend && !s.scalarHasPrefix(replacement) { s = replacement + s }
                 guard doSplit else { return [s] }
                 let ranges = Pattern(literal: replacement).matches(in: s)
                 return MLXEdge.split(s, at: ranges, behavior: .mergedWithNext)
