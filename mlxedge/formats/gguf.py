@@ -37,9 +37,26 @@ def open_readers(path: Path) -> list:
         try:
             readers.append(gguf.GGUFReader(p))
         except Exception as e:  # gguf-py raises ValueError/IndexError/struct errors on bad files
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise MlxEdgeError(f"{p} is not a valid GGUF file (truncated or corrupt: {detail})") from None
+            raise MlxEdgeError(f"{p}: {_reader_error(e)}") from None
     return readers
+
+
+def _reader_error(e: Exception) -> str:
+    """gguf-py's exception, as one line a user can act on."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    m = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", msg)
+    if m:
+        return (f"tensor type {m.group(1)} is unknown to gguf-py {_gguf_version()}; "
+                "this file needs a newer gguf package, or a type mlxedge does not support")
+    if "reshape" in msg or "buffer" in msg or "offset" in msg or isinstance(e, (EOFError, IndexError)):
+        return "truncated GGUF file (its tensor data ends early)"
+    return f"not a valid GGUF file ({msg})"
+
+
+def _gguf_version() -> str:
+    from importlib.metadata import version
+
+    return version("gguf")
 
 
 def metadata(reader) -> dict:
