@@ -79,8 +79,10 @@ def _resolve(t: SourceTensor, target: Target) -> Target:
     return target
 
 
-def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str):
-    """-> (list of (name, array, st_dtype)), record dict, (bits, group_size) or None."""
+def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=None):
+    """-> (list of (name, array, st_dtype)), record dict, (bits, group_size) or None.
+
+    `quantize(name, w, target) -> Affine` replaces MLX's round-to-nearest when the recipe has one."""
     target = _resolve(t, target)
     record: dict = {"source": t.src_type}
     if target.kind == "keep":
@@ -105,7 +107,10 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str):
         arr, st = _float_array(x, target.dtype)
         record["target"] = target.dtype
         return [(t.name, arr, st)], record, None
-    aff = affine.quantize(x, target.bits, target.group_size, scale_dtype=target.dtype)
+    if quantize is not None:
+        aff = quantize(t.name, x, target)
+    else:
+        aff = affine.quantize(x, target.bits, target.group_size, scale_dtype=target.dtype)
     err = np.abs(aff.dequantize() - x)
     record.update(target=f"affine{target.bits}g{target.group_size}",
                   max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
@@ -124,13 +129,18 @@ def _affine_arrays(name: str, aff: affine.Affine):
 
 
 def convert(src: str | Path | Source, out: str | Path, quant: str | Recipe = "keep",
-            force: bool = False, show_progress: bool = True) -> Path:
+            force: bool = False, show_progress: bool = True, **recipe_options) -> Path:
     """Convert `src` into the bundle directory `out`; returns `out`.
 
-    `quant` is a recipe name (keep, f16, bf16, f32, q4, q8, ...) or a recipe function.
+    `quant` is a recipe name (keep, f16, bf16, f32, q4, q8, mixed_3_6, q4_k_m, bpw3.5, ...) or a
+    recipe function; `recipe_options` go to recipes built from the source (e.g. calib=, seed=).
     """
     source = src if isinstance(src, Source) else open_source(src)
-    recipe = recipes.get(quant) if isinstance(quant, str) else quant
+    if isinstance(quant, str):
+        recipe = recipes.get(quant, source=source, show_progress=show_progress, **recipe_options)
+    else:
+        recipe = quant
+    quantize = getattr(recipe, "quantize", None)
     recipe_name = quant if isinstance(quant, str) else getattr(quant, "__name__", "custom")
     tensors: dict[str, dict] = {}
     modules: dict[str, tuple[int, int] | None] = {}
@@ -140,7 +150,8 @@ def convert(src: str | Path | Source, out: str | Path, quant: str | Recipe = "ke
     with BundleWriter(out, force=force) as w:
         stream = list(source.tensors())
         for t in progress(stream, desc="convert", unit="tensor", disable=not show_progress):
-            arrays, record, qspec = _convert_tensor(t, recipe(t.name, t.shape, t.src_type), source.float_dtype)
+            arrays, record, qspec = _convert_tensor(t, recipe(t.name, t.shape, t.src_type), source.float_dtype,
+                                                    quantize)
             for name, arr, st in arrays:
                 w.add(name, arr, st)
                 stored_bits += arr.nbytes * 8
@@ -173,6 +184,7 @@ def convert(src: str | Path | Source, out: str | Path, quant: str | Recipe = "ke
             "parameters": n_params,
             "bits_per_weight": round(stored_bits / max(n_params, 1), 4),
             "tensors": tensors,
+            **({"recipe_info": recipe.info} if getattr(recipe, "info", None) else {}),
         })
         return w.commit()
 
@@ -180,14 +192,23 @@ def convert(src: str | Path | Source, out: str | Path, quant: str | Recipe = "ke
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a .gguf file (or first split), an ONNX export, an HF checkpoint or a bundle")
     p.add_argument("-o", "--out", required=True, help="output bundle directory")
-    p.add_argument("--quant", default="keep", help=f"recipe: {', '.join(recipes.RECIPES)} (default keep)")
+    p.add_argument("--quant", default="keep", help=f"recipe: {', '.join(recipes.names())} (default keep)")
+    p.add_argument("--target-bpw", type=float, default=None, metavar="X",
+                   help="allocate bits per tensor from calibration to at most X bits per weight "
+                        "(same as --quant bpwX)")
+    p.add_argument("--calib", default=None, metavar="FILE",
+                   help="calibration text for --target-bpw (default: installed package documentation)")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration windows (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
 def main(args: argparse.Namespace) -> int:
-    out = convert(args.src, args.out, quant=args.quant, force=args.force, show_progress=not args.quiet)
+    quant, options = args.quant, {}
+    if args.target_bpw is not None:
+        quant, options = f"bpw{args.target_bpw:g}", {"calib": args.calib, "seed": args.seed}
+    out = convert(args.src, args.out, quant=quant, force=args.force, show_progress=not args.quiet, **options)
     meta = json.loads((out / "mlxedge.json").read_text())
     summary = {"out": str(out), "recipe": meta["recipe"], "parameters": meta["parameters"],
                "bits_per_weight": meta["bits_per_weight"],

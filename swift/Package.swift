@@ -11,10 +11,7 @@ let package = Package(
         .executable(name: "mlxedge-swift", targets: ["mlxedge-swift"]),
     ],
     targets: [
-        .target(
-            name: "MLXEdge",
-            swiftSettings: [.enableUpcomingFeature("StrictConcurrency")]
-        ),
+        .target(name: "MLXEdge"),
         .executableTarget(
             name: "mlxedge-swift",
             dependencies: ["MLXEdge"]

@@ -48,7 +48,7 @@ def _reader_error(e: Exception) -> str:
     if m:
         return (f"tensor type {m.group(1)} is unknown to gguf-py {_gguf_version()}; "
                 "this file needs a newer gguf package, or a type mlxedge does not support")
-    if "reshape" in msg or "buffer" in msg or "offset" in msg or isinstance(e, (EOFError, IndexError)):
+    if any(w in msg for w in ("reshape", "buffer", "offset", "dtype", "size")) or isinstance(e, (EOFError, IndexError)):
         return "truncated GGUF file (its tensor data ends early)"
     return f"not a valid GGUF file ({msg})"
 

@@ -88,22 +88,22 @@ _FIM_TEXTS = (
 
 # Gemma 3 GGUFs may come without a template: turns are <start_of_turn>{user|model}\n...<end_of_turn>\n,
 # and Gemma has no system role, so a system prompt opens the first user turn.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- set ns = namespace(system='') -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
-    "{%- else -%}{%- set text = message['content'] | selectattr('type', 'equalto', 'text')"
-    " | map(attribute='text') | join('') -%}{%- endif -%}"
-    "{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + text + '\n\n' -%}"
-    "{%- else -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + (text | trim)"
-    " + '<end_of_turn>\n' }}"
-    "{%- if role == 'user' -%}{%- set ns.system = '' -%}{%- endif -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+GEMMA_CHAT_TEMPLATE = (  # raw strings: the \n escapes are Jinja's, as in Hugging Face templates
+    r"{{ bos_token }}"
+    r"{%- set ns = namespace(system='') -%}"
+    r"{%- for message in messages -%}"
+    r"{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
+    r"{%- else -%}{%- set text = message['content'] | selectattr('type', 'equalto', 'text')"
+    r" | map(attribute='text') | join('') -%}{%- endif -%}"
+    r"{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + text + '\n\n' -%}"
+    r"{%- else -%}"
+    r"{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    r"{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + (text | trim)"
+    r" + '<end_of_turn>\n' }}"
+    r"{%- if role == 'user' -%}{%- set ns.system = '' -%}{%- endif -%}"
+    r"{%- endif -%}"
+    r"{%- endfor -%}"
+    r"{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )
 
 
@@ -168,6 +168,7 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 def tokenizer_files(meta: dict[str, Any]) -> dict[str, dict]:
     """Hugging Face tokenizer files (filename -> JSON object) equivalent to llama.cpp's tokenizer."""
+    meta = _checked_tokens(meta)
     kind = meta.get("tokenizer.ggml.model")
     if kind == "gpt2":
         model, normalizer, pre_tokenizer, decoder = _byte_level_bpe(meta)
@@ -219,6 +220,7 @@ def tokenizer_files(meta: dict[str, Any]) -> dict[str, dict]:
 
 def generation_config(meta: dict[str, Any]) -> dict:
     """bos/eos/pad ids for generation_config.json; eos lists every end-of-turn token llama.cpp stops on."""
+    meta = _checked_tokens(meta)
     out: dict[str, Any] = {}
     bos = _token_id(meta, "bos")
     if bos is not None:
@@ -325,6 +327,18 @@ def _bpe_model(meta: dict, merges: list, byte_fallback: bool, ignore_merges: boo
 
 
 # --- small helpers ---------------------------------------------------------------------------
+
+
+def _checked_tokens(meta: dict) -> dict:
+    """The metadata with tokens as llama.cpp loads them: an empty one becomes "[EMPTY_<id>]"."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise MlxEdgeError("GGUF has no tokenizer.ggml.tokens")
+    if not all(tokens):
+        meta = {**meta, "tokenizer.ggml.tokens": [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]}
+    if len(set(meta["tokenizer.ggml.tokens"])) != len(tokens):
+        raise MlxEdgeError("GGUF vocabulary repeats a token text (llama.cpp refuses such files too)")
+    return meta
 
 
 def _byte_chars() -> list[str]:

@@ -64,9 +64,123 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get(name: str) -> Recipe:
+# -- recipes that need the model: built by a factory from the Source --------------------------
+#
+# The mixed_* recipes are mlx-lm's `mixed_quant_predicate` rule (mlx_lm/convert.py); q4_k_m is
+# llama.cpp's Q4_K_M choice (llama-quant.cpp) in MLX groups; `bpwX` allocates bits per tensor from
+# calibration statistics (quant/mixed.py). Factories take the Source and keyword options.
+
+
+def _layer_index(name: str) -> int:
+    """The block index in "model.layers.N....", 0 elsewhere (mlx-lm's predicate does the same)."""
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return 0
+
+
+def use_more_bits(index: int, n_layers: int) -> bool:
+    """The layers llama.cpp (and mlx-lm after it) favour: first and last eighth, every third between."""
+    return index < n_layers // 8 or index >= 7 * n_layers // 8 or (index - n_layers // 8) % 3 == 2
+
+
+def _n_layers(source) -> int:
     from ..errors import MlxEdgeError
 
+    n = source.config.get("num_hidden_layers") or (source.config.get("text_config") or {}).get("num_hidden_layers")
+    if not n:
+        raise MlxEdgeError("config.json has no num_hidden_layers; mixed recipes need the layer count")
+    return int(n)
+
+
+def mixed(low: int, high: int, n_layers: int, group_size: int = 64, dtype: str = "float16") -> Recipe:
+    """mlx-lm's mixed_{low}_{high}: v_proj and down_proj of the favoured layers and lm_head get
+    `high` bits, every other matrix (the embedding included) `low` bits, all in one group size."""
+    def recipe(name: str, shape: tuple, src_type: str) -> Target:
+        if not is_matrix(name, shape):
+            return Target("float", dtype)
+        path = name[: -len(".weight")]
+        more = use_more_bits(_layer_index(path), n_layers)
+        if ("v_proj" in path or "v_a_proj" in path or "v_b_proj" in path or "down_proj" in path) and more:
+            return Target("affine", dtype, high, group_size)
+        if "lm_head" in path:
+            return Target("affine", dtype, high, group_size)
+        return Target("affine", dtype, low, group_size)
+
+    recipe.__name__ = f"mixed_{low}_{high}"
+    return recipe
+
+
+def q4_k_m(n_layers: int, tied: bool, dtype: str = "float16") -> Recipe:
+    """llama.cpp's Q4_K_M in MLX terms (group 32 everywhere, as K-quants' 32-weight sub-blocks):
+    Q4_K -> 4 bits; Q6_K for the output head (and the embedding when tied to it), for attn_v and
+    ffn_down of the favoured layers -> 6 bits; Q5_K for fused qkv -> 5 bits. (llama.cpp's Q8_0
+    fallback for heads whose rows are not a multiple of 256 has no MLX counterpart: MLX groups
+    are 32.)"""
+    def recipe(name: str, shape: tuple, src_type: str) -> Target:
+        if not is_matrix(name, shape):
+            return Target("float", dtype)
+        path = name[: -len(".weight")]
+        more = use_more_bits(_layer_index(path), n_layers)
+        if path == "lm_head" or (tied and path.endswith("embed_tokens")):
+            return Target("affine", dtype, 6, 32)
+        if path.endswith("qkv_proj"):
+            return Target("affine", dtype, 5, 32)
+        if (path.endswith("v_proj") or path.endswith("down_proj")) and more:
+            return Target("affine", dtype, 6, 32)
+        return Target("affine", dtype, 4, 32)
+
+    return recipe
+
+
+def _mixed_factory(low: int, high: int):
+    def factory(source, group_size: int = 64, **_) -> Recipe:
+        return mixed(low, high, _n_layers(source), group_size, source.float_dtype)
+    return factory
+
+
+def _q4_k_m_factory(source, **_) -> Recipe:
+    return q4_k_m(_n_layers(source), bool(source.config.get("tie_word_embeddings", False)), source.float_dtype)
+
+
+def _bpw_factory(target: float):
+    def factory(source, **options) -> Recipe:
+        from .mixed import target_bpw
+
+        return target_bpw(source, target, **options)
+    return factory
+
+
+FACTORIES: dict[str, Callable[..., Recipe]] = {
+    "mixed_2_6": _mixed_factory(2, 6),
+    "mixed_3_4": _mixed_factory(3, 4),
+    "mixed_3_6": _mixed_factory(3, 6),
+    "mixed_4_6": _mixed_factory(4, 6),
+    "q4_k_m": _q4_k_m_factory,
+}
+BPW_PREFIX = "bpw"  # "bpw3.5": the measured allocation under a 3.5 bits-per-weight budget
+
+
+def names() -> list[str]:
+    """Every recipe name the CLI accepts (bpwX stands for any budget)."""
+    return [*RECIPES, *FACTORIES, f"{BPW_PREFIX}X"]
+
+
+def get(name: str, source=None, **options) -> Recipe:
+    """The recipe called `name`. Recipes in FACTORIES (and bpwX) need `source`; `options` go to
+    their factory (e.g. calib=, seed= for bpwX)."""
+    from ..errors import MlxEdgeError
+
+    factory = FACTORIES.get(name)
+    if factory is None and name.startswith(BPW_PREFIX):
+        try:
+            factory = _bpw_factory(float(name[len(BPW_PREFIX):]))
+        except ValueError:
+            factory = None
+    if factory is not None:
+        if source is None:
+            raise MlxEdgeError(f"recipe {name!r} needs the source model")
+        return factory(source, **options)
     if name not in RECIPES:
-        raise MlxEdgeError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+        raise MlxEdgeError(f"unknown recipe {name!r}; choose from {', '.join(names())}")
     return RECIPES[name]

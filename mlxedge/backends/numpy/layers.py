@@ -161,6 +161,9 @@ def _yarn_periods(dims: int, base: float, cfg: dict) -> tuple[np.ndarray, float]
 
 # -- attention ----------------------------------------------------------------------------------
 
+SCORES_LIMIT = 1 << 24  # attention scores held at once (64 MB of float32)
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
               q_start: int, k_start: int, window: int | None = None) -> np.ndarray:
     """Causal (optionally sliding-window) grouped-query attention for one sequence.
@@ -171,6 +174,16 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     """
     T, n_heads, D = q.shape
     n_kv, S, _ = k.shape
+    block = max(1, SCORES_LIMIT // (n_heads * S))
+    if T > block:  # long prefill: bound the (heads, T, S) score matrix by splitting the queries
+        outs = []
+        for i in range(0, T, block):
+            first, last = q_start + i, q_start + min(i + block, T) - 1  # positions of this chunk
+            lo = 0 if window is None else max(0, first - window + 1 - k_start)
+            hi = last + 1 - k_start  # later keys are all masked for this chunk
+            outs.append(attention(q[i:i + block], k[:, lo:hi], v[:, lo:hi], scale, first,
+                                  k_start + lo, window))
+        return np.concatenate(outs)
     rep = n_heads // n_kv
     # query head h reads kv head h // rep
     qh = (q * scale).reshape(T, n_kv, rep, D).transpose(1, 2, 0, 3).reshape(n_kv, rep * T, D)
@@ -179,7 +192,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     k_pos = np.arange(k_start, k_start + S)[None, :]
     allowed = k_pos <= q_pos
     if window is not None:
-        allowed &= k_pos > q_pos - window
+        allowed &= k_pos >= q_pos - window
     if not allowed.all():
         scores = np.where(allowed, scores, np.float32(-np.inf))
     probs = softmax(scores).reshape(n_kv, rep * T, S)

@@ -22,6 +22,8 @@ from ...errors import MlxEdgeError
 from ...formats.bundle import read_weights
 from ...quant import affine
 
+ROW_BLOCK = 256  # rows dequantized at a time: temporaries stay small
+
 
 class Linear:
     """y = x @ W.T + b with W (out, in). Dense: W.T stored contiguous; lean: dequantized per call."""
@@ -82,6 +84,13 @@ class _LazyAffine:
     def __call__(self) -> np.ndarray:
         return affine.dequantize(self.w, self.scales, self.biases, self.bits, self.group_size)
 
+    def transposed(self) -> np.ndarray:
+        """W.T (in, out) contiguous float32, dequantized in row blocks that stay in cache."""
+        out_t = np.empty((self.w.shape[1] * 32 // self.bits, self.out_features), np.float32)
+        for r in range(0, self.out_features, ROW_BLOCK):
+            out_t[:, r:r + ROW_BLOCK] = self.rows(slice(r, r + ROW_BLOCK)).T
+        return out_t
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return affine.dequantize(self.w[ids], self.scales[ids], self.biases[ids],
                                  self.bits, self.group_size)
@@ -97,6 +106,9 @@ class _LazyFloat:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(self.w[ids], dtype=np.float32)
+
+    def transposed(self) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(self.w, dtype=np.float32).T)
 
 
 class Embedding:
@@ -180,16 +192,15 @@ class Weights:
         bias = self.vector(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
         if self.lean:
             return Linear(None, bias, lazy=lazy)
-        return Linear(np.ascontiguousarray(lazy().T), bias)
+        return Linear(lazy.transposed(), bias)
 
     def embedding(self, prefix: str, tied: bool) -> Embedding:
         lazy = self._source(prefix)
         if self.lean:
             return Embedding(lazy=lazy)
-        table = lazy()  # (vocab, dim)
         if tied:  # one transposed copy serves lookup and lm_head
-            return Embedding(table_t=np.ascontiguousarray(table.T))
-        return Embedding(table=np.ascontiguousarray(table))
+            return Embedding(table_t=lazy.transposed())
+        return Embedding(table=np.ascontiguousarray(lazy(), dtype=np.float32))  # (vocab, dim)
 
     def check_all_used(self) -> None:
         left = sorted(set(self.raw) - self.used)
