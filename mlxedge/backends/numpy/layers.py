@@ -192,7 +192,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     k_pos = np.arange(k_start, k_start + S)[None, :]
     allowed = k_pos <= q_pos
     if window is not None:
-        allowed &= k_pos >= q_pos - window
+        allowed &= k_pos > q_pos - window
     if not allowed.all():
         scores = np.where(allowed, scores, np.float32(-np.inf))
     probs = softmax(scores).reshape(n_kv, rep * T, S)
