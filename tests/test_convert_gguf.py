@@ -110,9 +110,14 @@ def test_mlx_lm_matches_llamacpp(model, request):
     logits = np.array(mdl(mx.array(ids)[None]).astype(mx.float32))[0, :-1]  # (T-1, vocab)
     lsm = log_softmax(logits)
     nll = -lsm[np.arange(len(ids) - 1), ids[1:]]
-    # llama.cpp quantizes activations to 8 bits inside its quantized matmuls, so per-token values
-    # differ slightly; the perplexity over 255 tokens must agree to 2 %.
-    assert abs(np.exp(nll.mean()) / golden["perplexity"] - 1) < 0.02
+    ppl = np.exp(nll.mean())
+    # llama.cpp on the GGUF requantized to F32 by its own quantizer runs these exact weights without
+    # its 8-bit activation quantization: that perplexity is ours to reproduce (measured 0.02 % off
+    # on SmolLM2, 0.3 % on Gemma, whose llama.cpp run keeps an f16 KV cache).
+    assert abs(ppl / golden["perplexity_f32_dequantized"] - 1) < 0.005
+    # llama.cpp on the quantized GGUF itself differs by its activation quantization (1.4 % on
+    # SmolLM2, 4.3 % on Gemma 3 over these 255 tokens).
+    assert abs(ppl / golden["perplexity"] - 1) < 0.05
     assert (logits.argmax(-1) == np.array(golden["top1"])).mean() >= 0.95
     # Where llama.cpp is confident, mlx-lm gives the same top-20 log-probs closely.
     top_ids, top_lp = golden["topk_ids"], golden["topk_logprobs"]
