@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cache import KVCache
-from .layers import attention, gelu_approx, make_rope, rms_norm
+from .layers import Rope, attention, gelu_approx, make_rope, rms_norm
 from .model import NumpyModel
 from .weights import Weights, fuse
 
@@ -37,7 +37,7 @@ def _bf16(x: float) -> float:
 
 
 class Attention:
-    def __init__(self, w: Weights, p: str, cfg: dict, sliding: bool):
+    def __init__(self, w: Weights, p: str, cfg: dict, sliding: bool, rope: Rope):
         self.n_heads = cfg["num_attention_heads"]
         self.n_kv = cfg["num_key_value_heads"]
         self.head_dim = cfg["head_dim"]
@@ -48,11 +48,7 @@ class Attention:
         self.o_proj = w.linear(f"{p}.o_proj")
         self.q_norm = 1.0 + w.vector(f"{p}.q_norm.weight")
         self.k_norm = 1.0 + w.vector(f"{p}.k_norm.weight")
-        if sliding:
-            self.rope = make_rope(self.head_dim, cfg["rope_local_base_freq"])
-        else:
-            self.rope = make_rope(self.head_dim, cfg["rope_theta"], False, cfg.get("rope_scaling"),
-                                  cfg["max_position_embeddings"])
+        self.rope = rope
 
     def __call__(self, x: np.ndarray, cache: KVCache, layer: int) -> np.ndarray:
         T = x.shape[0]
@@ -80,9 +76,9 @@ class MLP:
 
 
 class TransformerBlock:
-    def __init__(self, w: Weights, p: str, cfg: dict, sliding: bool):
+    def __init__(self, w: Weights, p: str, cfg: dict, sliding: bool, rope: Rope):
         self.eps = cfg["rms_norm_eps"]
-        self.self_attn = Attention(w, f"{p}.self_attn", cfg, sliding)
+        self.self_attn = Attention(w, f"{p}.self_attn", cfg, sliding, rope)
         self.mlp = MLP(w, f"{p}.mlp")
         names = ("input_layernorm", "post_attention_layernorm",
                  "pre_feedforward_layernorm", "post_feedforward_layernorm")
@@ -99,8 +95,14 @@ class TransformerBlock:
 def build(w: Weights, config: dict) -> NumpyModel:
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
     pattern = cfg["sliding_window_pattern"]
-    blocks = [TransformerBlock(w, f"model.layers.{i}", cfg, sliding=(i + 1) % pattern != 0)
-              for i in range(cfg["num_hidden_layers"])]
+    local_rope = make_rope(cfg["head_dim"], cfg["rope_local_base_freq"])
+    global_rope = make_rope(cfg["head_dim"], cfg["rope_theta"], False, cfg.get("rope_scaling"),
+                            cfg["max_position_embeddings"])
+    blocks = []
+    for i in range(cfg["num_hidden_layers"]):
+        sliding = (i + 1) % pattern != 0
+        blocks.append(TransformerBlock(w, f"model.layers.{i}", cfg, sliding,
+                                       local_rope if sliding else global_rope))
     tied = not w.has("lm_head.weight")  # as mlx-lm's sanitize decides
     embed = w.embedding("model.embed_tokens", tied)
     lm_head = embed.as_linear() if tied else w.linear("lm_head")

@@ -52,6 +52,16 @@ class Rope:
         self.traditional = traditional
         self.input_scale = input_scale  # longrope / yarn multiply the rotated part first
         self.dynamic = dynamic          # dynamic NTK: the base grows with the sequence length
+        self._last = None               # ((start, T), cos, sin) of the latest call
+
+    def _cos_sin(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        # every layer asks for the same positions in one forward: compute them once
+        if self._last is None or self._last[0] != (start, n):
+            ang = self._angles(start, n)
+            cos = np.cos(ang).astype(np.float32)[:, None, :]  # (T, 1, dims/2)
+            sin = np.sin(ang).astype(np.float32)[:, None, :]
+            self._last = ((start, n), cos, sin)
+        return self._last[1], self._last[2]
 
     def _angles(self, start: int, n: int) -> np.ndarray:
         inv_freq = self.inv_freq
@@ -66,9 +76,7 @@ class Rope:
 
     def __call__(self, x: np.ndarray, start: int) -> np.ndarray:
         """x (T, n_heads, head_dim), rotated for positions start .. start+T-1."""
-        ang = self._angles(start, x.shape[0])
-        cos = np.cos(ang).astype(np.float32)[:, None, :]  # (T, 1, dims/2)
-        sin = np.sin(ang).astype(np.float32)[:, None, :]
+        cos, sin = self._cos_sin(start, x.shape[0])  # (T, 1, dims/2) each
         out = np.array(x, dtype=np.float32)  # a copy; pass-through features stay as they are
         rot = out[..., : self.dims]
         if self.input_scale != 1.0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cache import KVCache
-from .layers import attention, make_rope, rms_norm, silu
+from .layers import Rope, attention, make_rope, rms_norm, silu
 from .model import NumpyModel
 from .weights import Weights, fuse
 
@@ -19,7 +19,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 class Attention:
-    def __init__(self, w: Weights, p: str, cfg: dict, head_dim: int, window: int | None):
+    def __init__(self, w: Weights, p: str, cfg: dict, head_dim: int, window: int | None, rope: Rope):
         self.n_heads = cfg["num_attention_heads"]
         self.n_kv = cfg.get("num_key_value_heads") or self.n_heads
         self.head_dim = head_dim
@@ -30,8 +30,7 @@ class Attention:
         self.o_proj = w.linear(f"{p}.o_proj")
         self.q_norm = w.vector(f"{p}.q_norm.weight") if cfg["model_type"] == "qwen3" else None
         self.k_norm = w.vector(f"{p}.k_norm.weight") if cfg["model_type"] == "qwen3" else None
-        self.rope = make_rope(head_dim, cfg["rope_theta"], cfg.get("rope_traditional", False),
-                              cfg.get("rope_scaling"), cfg.get("max_position_embeddings"))
+        self.rope = rope  # shared by all layers: cos/sin computed once per forward
 
     def __call__(self, x: np.ndarray, cache: KVCache, layer: int) -> np.ndarray:
         T = x.shape[0]
@@ -61,9 +60,9 @@ class MLP:
 
 
 class TransformerBlock:
-    def __init__(self, w: Weights, p: str, cfg: dict, head_dim: int, window: int | None):
+    def __init__(self, w: Weights, p: str, cfg: dict, head_dim: int, window: int | None, rope: Rope):
         self.eps = cfg["rms_norm_eps"]
-        self.self_attn = Attention(w, f"{p}.self_attn", cfg, head_dim, window)
+        self.self_attn = Attention(w, f"{p}.self_attn", cfg, head_dim, window, rope)
         self.mlp = MLP(w, f"{p}.mlp")
         self.input_layernorm = w.vector(f"{p}.input_layernorm.weight")
         self.post_attention_layernorm = w.vector(f"{p}.post_attention_layernorm.weight")
@@ -81,8 +80,11 @@ def build(w: Weights, config: dict) -> NumpyModel:
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     n = cfg["num_hidden_layers"]
     layer_types = cfg.get("layer_types") or ["full_attention"] * n
+    rope = make_rope(head_dim, cfg["rope_theta"], cfg.get("rope_traditional", False),
+                     cfg.get("rope_scaling"), cfg.get("max_position_embeddings"))
     blocks = [TransformerBlock(w, f"model.layers.{i}", cfg, head_dim,
-                               cfg.get("sliding_window") if layer_types[i] == "sliding_attention" else None)
+                               cfg.get("sliding_window") if layer_types[i] == "sliding_attention" else None,
+                               rope)
               for i in range(n)]
     tied = cfg.get("tie_word_embeddings", True)
     embed = w.embedding("model.embed_tokens", tied)
@@ -106,6 +108,6 @@ def _normalize(config: dict) -> dict:
     default_theta = 1000000 if cfg["model_type"] == "qwen2" else 10000
     if cfg.get("rope_theta") is None:
         cfg["rope_theta"] = default_theta
-    if cfg["model_type"] in ("qwen2", "qwen3"):
-        cfg["rope_traditional"] = cfg.get("rope_traditional", False) if cfg["model_type"] == "qwen2" else False
+    if cfg["model_type"] == "qwen3":  # mlx-lm's qwen3 ignores rope_traditional
+        cfg["rope_traditional"] = False
     return cfg

@@ -36,14 +36,14 @@ def _rope(cfg: dict, head_dim: int) -> Rope:
 
 
 class Attention:
-    def __init__(self, w: Weights, p: str, cfg: dict):
+    def __init__(self, w: Weights, p: str, cfg: dict, rope: Rope):
         self.n_heads = cfg["num_attention_heads"]
         self.n_kv = cfg.get("num_key_value_heads") or self.n_heads
         self.head_dim = cfg["hidden_size"] // self.n_heads
         self.scale = self.head_dim ** -0.5
         self.qkv_proj = w.linear(f"{p}.qkv_proj")
         self.o_proj = w.linear(f"{p}.o_proj")
-        self.rope = _rope(cfg, self.head_dim)
+        self.rope = rope
 
     def __call__(self, x: np.ndarray, cache: KVCache, layer: int) -> np.ndarray:
         T, D = x.shape[0], self.head_dim
@@ -64,14 +64,16 @@ class MLP:
         self.down_proj = w.linear(f"{p}.down_proj")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        gate, up = np.split(self.gate_up_proj(x), 2, axis=-1)  # (T, intermediate) each
+        y = self.gate_up_proj(x)  # (T, 2 * intermediate)
+        half = y.shape[-1] // 2
+        gate, up = y[:, :half], y[:, half:]
         return self.down_proj(silu(gate) * up)
 
 
 class TransformerBlock:
-    def __init__(self, w: Weights, p: str, cfg: dict):
+    def __init__(self, w: Weights, p: str, cfg: dict, rope: Rope):
         self.eps = cfg["rms_norm_eps"]
-        self.self_attn = Attention(w, f"{p}.self_attn", cfg)
+        self.self_attn = Attention(w, f"{p}.self_attn", cfg, rope)
         self.mlp = MLP(w, f"{p}.mlp")
         self.input_layernorm = w.vector(f"{p}.input_layernorm.weight")
         self.post_attention_layernorm = w.vector(f"{p}.post_attention_layernorm.weight")
@@ -82,7 +84,8 @@ class TransformerBlock:
 
 
 def build(w: Weights, config: dict) -> NumpyModel:
-    blocks = [TransformerBlock(w, f"model.layers.{i}", config)
+    rope = _rope(config, config["hidden_size"] // config["num_attention_heads"])
+    blocks = [TransformerBlock(w, f"model.layers.{i}", config, rope)
               for i in range(config["num_hidden_layers"])]
     tied = config.get("tie_word_embeddings", False)
     embed = w.embedding("model.embed_tokens", tied)

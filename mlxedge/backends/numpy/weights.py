@@ -53,6 +53,8 @@ def fuse(linears: list[Linear]) -> "Fused":
 class Fused:
     def __init__(self, linears: list[Linear]):
         self.sizes = [lin.out_features for lin in linears]
+        ends = np.cumsum(self.sizes).tolist()
+        self.bounds = list(zip([0] + ends[:-1], ends))
         self.parts = linears
         self.one = None
         if all(lin.wt is not None for lin in linears):
@@ -70,7 +72,7 @@ class Fused:
         if self.one is None:
             return [lin(x) for lin in self.parts]
         y = self.one(x)  # (T, sum(sizes))
-        return np.split(y, np.cumsum(self.sizes)[:-1], axis=-1)
+        return [y[:, a:b] for a, b in self.bounds]
 
 
 class _LazyAffine:
