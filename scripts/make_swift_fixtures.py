@@ -737,6 +737,9 @@ def make_real(out: Path) -> list[str]:
         write_tokenizer_goldens(tok_dir, HARD_STRINGS + [kl_text()[:2000]])
 
         model, tokenizer = load(str(bundle))
+        # The same weights computed in float32, like the Swift runtime (mlx's float16 CPU path is
+        # emulated and takes many minutes here).
+        model.set_dtype(mx.float32)
         prompts = []
         for messages in REAL_PROMPTS:
             if name == "gemma3" and messages[0]["role"] == "system":

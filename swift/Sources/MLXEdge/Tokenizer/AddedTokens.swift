@@ -10,17 +10,17 @@ struct AddedToken: Sendable {
     let rstrip: Bool
     let singleWord: Bool
 
-    init(json obj: [String: Any]) throws {
-        guard let id = (obj["id"] as? NSNumber)?.intValue, let content = obj["content"] as? String else {
+    init(json obj: JSONNode) throws {
+        guard let id = obj["id"]?.int, let content = obj["content"]?.string else {
             throw MLXEdgeError.tokenizer("added token without id or content")
         }
         self.id = id
         self.content = content
-        special = obj["special"] as? Bool ?? false
-        normalized = obj["normalized"] as? Bool ?? !special
-        lstrip = obj["lstrip"] as? Bool ?? false
-        rstrip = obj["rstrip"] as? Bool ?? false
-        singleWord = obj["single_word"] as? Bool ?? false
+        special = obj["special"]?.bool ?? false
+        normalized = obj["normalized"]?.bool ?? !special
+        lstrip = obj["lstrip"]?.bool ?? false
+        rstrip = obj["rstrip"]?.bool ?? false
+        singleWord = obj["single_word"]?.bool ?? false
     }
 }
 

@@ -3,7 +3,8 @@ import Foundation
 /// The BPE model of tokenizer.json: vocab, ranked merges, byte fallback, unk handling.
 /// Port of the merge loop in tokenizers' `models/bpe/word.rs` (lowest rank first, leftmost on ties).
 final class BPEModel: @unchecked Sendable {  // immutable after init; the cache has its own lock
-    let vocab: [String: Int]
+    let vocab: [TokenKey: Int]
+    private let scalarIds: [UInt32: Int]  // single-character tokens, the start of every word
     private let merges: [UInt64: (rank: Int32, id: Int32)]
     private let unkId: Int?
     private let fuseUnk: Bool
@@ -12,55 +13,58 @@ final class BPEModel: @unchecked Sendable {  // immutable after init; the cache 
     private let byteIds: [Int?]  // `<0xXX>` ids when byte_fallback is on
     private let cache = Cache()
 
-    init(json obj: [String: Any]) throws {
-        guard let vocab = obj["vocab"] as? [String: Any] else { throw MLXEdgeError.tokenizer("BPE model without vocab") }
-        var v: [String: Int] = [:]
-        v.reserveCapacity(vocab.count)
+    init(json obj: JSONNode) throws {
+        guard let vocab = obj["vocab"]?.pairs else { throw MLXEdgeError.tokenizer("BPE model without vocab") }
+        var v: [TokenKey: Int] = [:]
+        var scalars: [UInt32: Int] = [:]
+        v.reserveCapacity(vocab.underestimatedCount)
         for (k, id) in vocab {
-            guard let i = (id as? NSNumber)?.intValue else { throw MLXEdgeError.tokenizer("vocab id of \(k) is not an integer") }
-            v[k] = i
+            guard let i = id.int else { throw MLXEdgeError.tokenizer("vocab id of \(k) is not an integer") }
+            v[TokenKey(k)] = i
+            if k.unicodeScalars.count == 1 { scalars[k.unicodeScalars.first!.value] = i }
         }
         self.vocab = v
-        if let p = obj["continuing_subword_prefix"] as? String, !p.isEmpty {
+        self.scalarIds = scalars
+        if let p = obj["continuing_subword_prefix"]?.string, !p.isEmpty {
             throw MLXEdgeError.unsupported("BPE continuing_subword_prefix")
         }
-        if let p = obj["end_of_word_suffix"] as? String, !p.isEmpty {
+        if let p = obj["end_of_word_suffix"]?.string, !p.isEmpty {
             throw MLXEdgeError.unsupported("BPE end_of_word_suffix")
         }
         var m: [UInt64: (Int32, Int32)] = [:]
-        let list = obj["merges"] as? [Any] ?? []
+        let list = obj["merges"]?.array ?? []
         m.reserveCapacity(list.count)
         for (rank, entry) in list.enumerated() {
             let pair: [String]
-            if let s = entry as? String {
+            if let s = entry.string {
                 // "a b": split at the first space (tokens never contain a plain space in this form).
                 guard let sp = s.firstIndex(of: " ") else { throw MLXEdgeError.tokenizer("bad merge \(s)") }
                 pair = [String(s[..<sp]), String(s[s.index(after: sp)...])]
-            } else if let a = entry as? [String], a.count == 2 {
+            } else if let a = entry.array?.compactMap(\.string), a.count == 2 {
                 pair = a
             } else { throw MLXEdgeError.tokenizer("bad merge entry \(entry)") }
-            guard let a = v[pair[0]], let b = v[pair[1]], let merged = v[pair[0] + pair[1]] else {
+            guard let a = v[TokenKey(pair[0])], let b = v[TokenKey(pair[1])], let merged = v[TokenKey(pair[0] + pair[1])] else {
                 throw MLXEdgeError.tokenizer("merge \(pair) uses tokens missing from the vocab")
             }
             let key = UInt64(a) << 32 | UInt64(b)
             if m[key] == nil { m[key] = (Int32(rank), Int32(merged)) }
         }
         self.merges = m
-        if let u = obj["unk_token"] as? String { unkId = v[u] } else { unkId = nil }
-        fuseUnk = obj["fuse_unk"] as? Bool ?? false
-        byteFallback = obj["byte_fallback"] as? Bool ?? false
-        ignoreMerges = obj["ignore_merges"] as? Bool ?? false
-        byteIds = (0..<256).map { v[String(format: "<0x%02X>", $0)] }
+        if let u = obj["unk_token"]?.string { unkId = v[TokenKey(u)] } else { unkId = nil }
+        fuseUnk = obj["fuse_unk"]?.bool ?? false
+        byteFallback = obj["byte_fallback"]?.bool ?? false
+        ignoreMerges = obj["ignore_merges"]?.bool ?? false
+        byteIds = (0..<256).map { v[TokenKey(String(format: "<0x%02X>", $0))] }
     }
 
     /// Ids of one pre-tokenized piece.
     func encode(_ word: String) throws -> [Int] {
-        if ignoreMerges, let id = vocab[word] { return [id] }
-        if let hit = cache.get(word) { return hit }
+        if ignoreMerges, let id = vocab[TokenKey(word)] { return [id] }
+        if let hit = cache.get(TokenKey(word)) { return hit }
         var symbols: [Int] = []
         var lastWasUnk = false
         for c in word.unicodeScalars {
-            if let id = vocab[String(c)] {
+            if let id = scalarIds[c.value] {
                 symbols.append(id); lastWasUnk = false
                 continue
             }
@@ -78,7 +82,7 @@ final class BPEModel: @unchecked Sendable {  // immutable after init; the cache 
             lastWasUnk = true
         }
         let out = merge(symbols)
-        cache.set(word, out)
+        cache.set(TokenKey(word), out)
         return out
     }
 
@@ -113,10 +117,10 @@ final class BPEModel: @unchecked Sendable {  // immutable after init; the cache 
 
     /// A small thread-safe memo of piece -> ids (pieces repeat a lot in text).
     final class Cache: @unchecked Sendable {
-        private var map: [String: [Int]] = [:]
+        private var map: [TokenKey: [Int]] = [:]
         private let lock = NSLock()
-        func get(_ k: String) -> [Int]? { lock.lock(); defer { lock.unlock() }; return map[k] }
-        func set(_ k: String, _ v: [Int]) {
+        func get(_ k: TokenKey) -> [Int]? { lock.lock(); defer { lock.unlock() }; return map[k] }
+        func set(_ k: TokenKey, _ v: [Int]) {
             lock.lock(); defer { lock.unlock() }
             if map.count > 50_000 { map.removeAll(keepingCapacity: true) }
             map[k] = v

@@ -10,20 +10,20 @@ indirect enum TokenDecoder: Sendable {
     case strip(content: Character, start: Int, stop: Int)
     case metaspace(replacement: String, prependScheme: String)
 
-    init?(json: Any?) throws {
-        guard let obj = json as? [String: Any], let type = obj["type"] as? String else { return nil }
+    init?(json: JSONNode?) throws {
+        guard let obj = json, let type = obj["type"]?.string else { return nil }
         switch type {
-        case "Sequence": self = .sequence(try (obj["decoders"] as? [Any] ?? []).compactMap { try TokenDecoder(json: $0) })
+        case "Sequence": self = .sequence(try (obj["decoders"]?.array ?? []).compactMap { try TokenDecoder(json: $0) })
         case "ByteLevel": self = .byteLevel
-        case "Replace": self = .replace(try Pattern(json: obj["pattern"]), obj["content"] as? String ?? "")
+        case "Replace": self = .replace(try Pattern(json: obj["pattern"]), obj["content"]?.string ?? "")
         case "ByteFallback": self = .byteFallback
         case "Fuse": self = .fuse
         case "Strip":
-            self = .strip(content: (obj["content"] as? String ?? " ").first ?? " ",
-                          start: obj["start"] as? Int ?? 0, stop: obj["stop"] as? Int ?? 0)
+            self = .strip(content: (obj["content"]?.string ?? " ").first ?? " ",
+                          start: obj["start"]?.int ?? 0, stop: obj["stop"]?.int ?? 0)
         case "Metaspace":
-            let scheme = obj["prepend_scheme"] as? String ?? ((obj["add_prefix_space"] as? Bool ?? true) ? "always" : "never")
-            self = .metaspace(replacement: obj["replacement"] as? String ?? "\u{2581}", prependScheme: scheme)
+            let scheme = obj["prepend_scheme"]?.string ?? ((obj["add_prefix_space"]?.bool ?? true) ? "always" : "never")
+            self = .metaspace(replacement: obj["replacement"]?.string ?? "\u{2581}", prependScheme: scheme)
         default: throw MLXEdgeError.unsupported("tokenizer decoder \(type)")
         }
     }

@@ -8,19 +8,19 @@ indirect enum Normalizer: Sendable {
     case nfc, nfd, nfkc, nfkd, lowercase
     case strip(left: Bool, right: Bool)
 
-    init?(json: Any?) throws {
-        guard let obj = json as? [String: Any], let type = obj["type"] as? String else { return nil }
+    init?(json: JSONNode?) throws {
+        guard let obj = json, let type = obj["type"]?.string else { return nil }
         switch type {
         case "Sequence":
-            self = .sequence(try (obj["normalizers"] as? [Any] ?? []).compactMap { try Normalizer(json: $0) })
-        case "Prepend": self = .prepend(obj["prepend"] as? String ?? "")
-        case "Replace": self = .replace(try Pattern(json: obj["pattern"]), obj["content"] as? String ?? "")
+            self = .sequence(try (obj["normalizers"]?.array ?? []).compactMap { try Normalizer(json: $0) })
+        case "Prepend": self = .prepend(obj["prepend"]?.string ?? "")
+        case "Replace": self = .replace(try Pattern(json: obj["pattern"]), obj["content"]?.string ?? "")
         case "NFC": self = .nfc
         case "NFD": self = .nfd
         case "NFKC": self = .nfkc
         case "NFKD": self = .nfkd
         case "Lowercase": self = .lowercase
-        case "Strip": self = .strip(left: obj["strip_left"] as? Bool ?? true, right: obj["strip_right"] as? Bool ?? true)
+        case "Strip": self = .strip(left: obj["strip_left"]?.bool ?? true, right: obj["strip_right"]?.bool ?? true)
         default: throw MLXEdgeError.unsupported("tokenizer normalizer \(type)")
         }
     }

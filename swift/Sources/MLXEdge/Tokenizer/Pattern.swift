@@ -8,11 +8,11 @@ struct Pattern: @unchecked Sendable {  // NSRegularExpression is immutable and t
     enum Kind { case literal(String), regex(NSRegularExpression) }
     let kind: Kind
 
-    init(json: Any?) throws {
-        guard let obj = json as? [String: Any] else { throw MLXEdgeError.tokenizer("pattern is not an object") }
-        if let s = obj["String"] as? String {
+    init(json: JSONNode?) throws {
+        guard let obj = json, obj.pairs != nil else { throw MLXEdgeError.tokenizer("pattern is not an object") }
+        if let s = obj["String"]?.string {
             kind = .literal(s)
-        } else if let r = obj["Regex"] as? String {
+        } else if let r = obj["Regex"]?.string {
             do {
                 kind = .regex(try NSRegularExpression(pattern: Pattern.icu(r)))
             } catch {

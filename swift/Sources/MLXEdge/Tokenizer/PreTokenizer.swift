@@ -10,21 +10,21 @@ indirect enum PreTokenizer: Sendable {
     case metaspace(replacement: String, prependScheme: String, split: Bool)
     case whitespaceSplit
 
-    init?(json: Any?) throws {
-        guard let obj = json as? [String: Any], let type = obj["type"] as? String else { return nil }
+    init?(json: JSONNode?) throws {
+        guard let obj = json, let type = obj["type"]?.string else { return nil }
         switch type {
         case "Sequence":
-            self = .sequence(try (obj["pretokenizers"] as? [Any] ?? []).compactMap { try PreTokenizer(json: $0) })
+            self = .sequence(try (obj["pretokenizers"]?.array ?? []).compactMap { try PreTokenizer(json: $0) })
         case "ByteLevel":
-            self = .byteLevel(addPrefixSpace: obj["add_prefix_space"] as? Bool ?? true, useRegex: obj["use_regex"] as? Bool ?? true)
+            self = .byteLevel(addPrefixSpace: obj["add_prefix_space"]?.bool ?? true, useRegex: obj["use_regex"]?.bool ?? true)
         case "Split":
-            let name = obj["behavior"] as? String ?? "Isolated"
+            let name = obj["behavior"]?.string ?? "Isolated"
             guard let behavior = SplitBehavior(rawValue: name) else { throw MLXEdgeError.unsupported("Split behavior \(name)") }
-            self = .split(try Pattern(json: obj["pattern"]), behavior, invert: obj["invert"] as? Bool ?? false)
-        case "Digits": self = .digits(individual: obj["individual_digits"] as? Bool ?? false)
+            self = .split(try Pattern(json: obj["pattern"]), behavior, invert: obj["invert"]?.bool ?? false)
+        case "Digits": self = .digits(individual: obj["individual_digits"]?.bool ?? false)
         case "Metaspace":
-            let scheme = obj["prepend_scheme"] as? String ?? ((obj["add_prefix_space"] as? Bool ?? true) ? "always" : "never")
-            self = .metaspace(replacement: obj["replacement"] as? String ?? "\u{2581}", prependScheme: scheme, split: obj["split"] as? Bool ?? true)
+            let scheme = obj["prepend_scheme"]?.string ?? ((obj["add_prefix_space"]?.bool ?? true) ? "always" : "never")
+            self = .metaspace(replacement: obj["replacement"]?.string ?? "\u{2581}", prependScheme: scheme, split: obj["split"]?.bool ?? true)
         case "WhitespaceSplit": self = .whitespaceSplit
         default: throw MLXEdgeError.unsupported("tokenizer pre-tokenizer \(type)")
         }
@@ -62,7 +62,7 @@ indirect enum PreTokenizer: Sendable {
         }
     }
 
-    private static let gpt2 = try! Pattern(json: ["Regex": gpt2Pattern])
+    private static let gpt2 = try! Pattern(json: .object(keys: ["Regex"], values: [.string(gpt2Pattern)]))
 
     /// Ranges of digits (Unicode general category N*, like Rust's `char::is_numeric`).
     private static func digitRuns(_ s: String, individual: Bool) -> [Range<String.Index>] {

@@ -24,26 +24,27 @@ public final class Tokenizer: Sendable {
     /// Read `tokenizer.json`; `config` is tokenizer_config.json (BOS/EOS names), if any.
     public init(tokenizerJSON url: URL, config: JSONValue? = nil) throws {
         guard let data = FileManager.default.contents(atPath: url.path) else { throw MLXEdgeError.missingFile(url.path) }
-        guard let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
-            throw MLXEdgeError.corruptFile(url.lastPathComponent, reason: "not a JSON object")
+        let root: JSONNode
+        do { root = try JSONNode.parse(Array(data)) } catch {
+            throw MLXEdgeError.corruptFile(url.lastPathComponent, reason: "\(error)")
         }
-        guard let modelObj = root["model"] as? [String: Any] else {
+        guard let modelObj = root["model"], modelObj.pairs != nil else {
             throw MLXEdgeError.corruptFile(url.lastPathComponent, reason: "no model")
         }
-        let type = modelObj["type"] as? String ?? "BPE"
+        let type = modelObj["type"]?.string ?? "BPE"
         guard type == "BPE" else { throw MLXEdgeError.unsupported("tokenizer model \(type) (only BPE)") }
         model = try BPEModel(json: modelObj)
         normalizer = try Normalizer(json: root["normalizer"])
         preTokenizer = try PreTokenizer(json: root["pre_tokenizer"])
         decoder = try TokenDecoder(json: root["decoder"])
 
-        let added = try (root["added_tokens"] as? [[String: Any]] ?? []).map(AddedToken.init(json:))
+        let added = try (root["added_tokens"]?.array ?? []).map(AddedToken.init(json:))
         rawMatcher = AddedTokenMatcher(added.filter { !$0.normalized })
         normalizedMatcher = AddedTokenMatcher(added.filter { $0.normalized })
         specialIds = Set(added.filter(\.special).map(\.id))
 
         var table = [String?](repeating: nil, count: max((model.vocab.values.max() ?? -1), (added.map(\.id).max() ?? -1)) + 1)
-        for (t, i) in model.vocab { table[i] = t }
+        for (t, i) in model.vocab { table[i] = t.string }
         for t in added { table[t.id] = t.content }
         idToToken = table
 
@@ -87,7 +88,7 @@ public final class Tokenizer: Sendable {
     }
 
     public func tokenToId(_ token: String) -> Int? {
-        model.vocab[token] ?? idToToken.firstIndex(where: { $0 == token })
+        model.vocab[TokenKey(token)] ?? idToToken.firstIndex(where: { $0.map(TokenKey.init) == TokenKey(token) })
     }
 
     public func idToTokenString(_ id: Int) -> String? { id >= 0 && id < idToToken.count ? idToToken[id] : nil }
@@ -100,27 +101,27 @@ public final class Tokenizer: Sendable {
     public var eosTokenId: Int? { eosToken.flatMap(tokenToId) }
 
     /// TemplateProcessing's "single" sequence as (ids before $A, ids after $A); other processors add nothing.
-    private static func template(_ json: Any?) throws -> ([Int], [Int]) {
-        guard let obj = json as? [String: Any], let type = obj["type"] as? String else { return ([], []) }
+    private static func template(_ json: JSONNode?) throws -> ([Int], [Int]) {
+        guard let obj = json, let type = obj["type"]?.string else { return ([], []) }
         switch type {
         case "Sequence":
             var pre: [Int] = [], post: [Int] = []
-            for p in obj["processors"] as? [Any] ?? [] {
+            for p in obj["processors"]?.array ?? [] {
                 let (a, b) = try template(p)
                 pre += a; post = b + post
             }
             return (pre, post)
         case "TemplateProcessing":
-            let specials = obj["special_tokens"] as? [String: [String: Any]] ?? [:]
+            let specials = obj["special_tokens"]
             var pre: [Int] = [], post: [Int] = []
             var seenA = false
-            for item in obj["single"] as? [[String: Any]] ?? [] {
+            for item in obj["single"]?.array ?? [] {
                 if item["Sequence"] != nil { seenA = true; continue }
-                guard let st = item["SpecialToken"] as? [String: Any], let name = st["id"] as? String,
-                      let ids = specials[name]?["ids"] as? [NSNumber] else {
+                guard let name = item["SpecialToken"]?["id"]?.string,
+                      let ids = specials?[name]?["ids"]?.array?.compactMap(\.int) else {
                     throw MLXEdgeError.tokenizer("TemplateProcessing item \(item) is not understood")
                 }
-                if seenA { post += ids.map(\.intValue) } else { pre += ids.map(\.intValue) }
+                if seenA { post += ids } else { pre += ids }
             }
             return (pre, post)
         case "ByteLevel": return ([], [])
