@@ -87,7 +87,8 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
     record: dict = {"source": t.src_type}
     if target.kind == "keep":
         aff = t.affine() if t.affine is not None else None
-        if aff is not None and float_dtype == "bfloat16" and t.name == "model.embed_tokens.weight":
+        if (aff is not None and float_dtype == "bfloat16" and t.name == "model.embed_tokens.weight"
+                and aff.scales.dtype == np.float16):  # bfloat16 scales (a bundle source) already fit
             # mlx-lm computes in the embedding's output dtype: float16 scales would run a model
             # that needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact.
             aff.scales, aff.biases = aff.scales.astype(np.float32), aff.biases.astype(np.float32)

@@ -1,0 +1,250 @@
+"""Calibration: run text through the NumPy backend and measure what each tensor's error costs.
+
+Two measurements per quantizable matrix, both on the source model in float32:
+1. input second moments E[x_j^2] of every linear layer (the final normed hidden state for the
+   output head), recorded by wrappers around the backend's layers during a forward pass: a weight
+   error in column j matters in proportion to how large input j is;
+2. a probe: that one matrix alone is quantized at a probe option, the model is rerun from its block
+   onward (block inputs cached) and KL(P_source || P_probe) is measured at sampled positions. This
+   puts layers on one scale: the same output error costs more in some layers than in others.
+
+A tied embedding has two uses, probed apart: the lookup (rows weighted alike) and the output head.
+Calibration text: `mlxedge.texts.calibration_text()` (package documentation, held out from the
+evaluation text) unless a file is given; windows are drawn from it with a seeded generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import MlxEdgeError
+
+# quantize(w (out, in) float32, bits, group_size, importance (in,) or None) -> dequantized w
+Quantizer = Callable[[np.ndarray, int, int, "np.ndarray | None"], np.ndarray]
+
+
+@dataclass
+class Use:
+    """One way the model uses a weight matrix, and what its probe cost."""
+
+    kind: str  # "linear" (input x), "head" (final normed hidden state), "lookup" (embedding rows)
+    importance: np.ndarray | None  # (in,) E[x_j^2]; None for the lookup
+    probe: tuple[int, int] = (0, 0)  # (bits, group_size) of the probe
+    kl: float = 0.0  # mean KL(P_source || P_probe) at the probe positions
+
+
+@dataclass
+class Calibration:
+    """Per weight name (e.g. "model.layers.3.mlp.down_proj.weight"), its uses in the model."""
+
+    uses: dict[str, list[Use]] = field(default_factory=dict)
+    tokens: int = 0  # tokens in the statistics pass
+    positions: int = 0  # positions at which each probe's KL is measured
+
+
+def calibration_chunks(directory: str | Path, text: str, tokens: int, ctx: int, seed: int) -> list[np.ndarray]:
+    """ceil(tokens / ctx) non-overlapping windows of `text`, chosen with `seed`, each led by BOS."""
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(directory)
+    ids = tok.encode(text, add_special_tokens=False)
+    bos = tok.token_to_id(tok.bos_token) if tok.bos_token else None
+    lead = [bos] if bos is not None else []
+    step = ctx - len(lead)
+    if len(ids) < 2 or step < 2:
+        raise MlxEdgeError("calibration text is too short")
+    windows = max(1, len(ids) // step)
+    n = min(windows, -(-tokens // ctx))
+    starts = np.sort(np.random.default_rng(seed).choice(windows, size=n, replace=False)) * step
+    return [np.array(lead + ids[s: s + step], dtype=np.int64) for s in starts]
+
+
+# -- the instrumented NumPy model ---------------------------------------------------------------
+
+class _Recorder:
+    """Stands in for a Linear or Fused layer: adds Σ_t x_t^2 to the sums of its weights, then calls it."""
+
+    def __init__(self, inner, names: list[str], sums: dict[str, np.ndarray]):
+        self.inner, self.names, self.sums = inner, names, sums
+        self.active = True
+
+    def __call__(self, x: np.ndarray):
+        if self.active:
+            s = np.einsum("ti,ti->i", x, x, dtype=np.float64)  # (in,)
+            for n in self.names:
+                self.sums[n] = self.sums.get(n, 0.0) + s
+        return self.inner(x)
+
+
+def _load_named(directory: Path):
+    """The NumPy model, each Linear tagged with its module path (the backend keeps no names)."""
+    from .backends import numpy as np_backend
+    from .backends.numpy.weights import Weights
+
+    original = Weights.linear
+
+    def linear(self, prefix: str):
+        lin = original(self, prefix)
+        lin.name = prefix
+        return lin
+
+    Weights.linear = linear  # only for this load; restored below
+    try:
+        return np_backend.load(directory)
+    finally:
+        Weights.linear = original
+
+
+class Instrumented:
+    """A NumPy model whose linear layers record input moments and can be swapped for a probe."""
+
+    def __init__(self, directory: str | Path):
+        from .backends.numpy.weights import Fused, Linear
+
+        self.model = _load_named(Path(directory))
+        self.sums: dict[str, np.ndarray] = {}
+        self.recorders: list[_Recorder] = []
+        # weight name -> (W.T array (in, out...), column slice, block index)
+        self.slots: dict[str, tuple[np.ndarray, slice, int]] = {}
+
+        def wrap(obj, layer: int, seen: set) -> None:
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            for key, val in list(vars(obj).items()):
+                if isinstance(val, Linear) and hasattr(val, "name"):
+                    self.slots[f"{val.name}.weight"] = (val.wt, slice(0, val.out_features), layer)
+                    rec = _Recorder(val, [f"{val.name}.weight"], self.sums)
+                elif isinstance(val, Fused) and val.one is not None:
+                    names, start = [], 0
+                    for part, n in zip(val.parts, val.sizes):
+                        names.append(f"{part.name}.weight")
+                        self.slots[names[-1]] = (val.one.wt, slice(start, start + n), layer)
+                        start += n
+                    rec = _Recorder(val, names, self.sums)
+                elif type(val).__module__.startswith("mlxedge.backends.numpy") and hasattr(val, "__dict__"):
+                    wrap(val, layer, seen)
+                    continue
+                else:
+                    continue
+                setattr(obj, key, rec)
+                self.recorders.append(rec)
+
+        for i, block in enumerate(self.model.blocks):
+            wrap(block, i, set())
+        m = self.model
+        tied = m.embed.table_t is not None and m.lm_head.wt is m.embed.table_t
+        self.head_name = "model.embed_tokens.weight" if tied else f"{getattr(m.lm_head, 'name', 'lm_head')}.weight"
+        self.head_sum = None
+
+    def record(self, on: bool) -> None:
+        for r in self.recorders:
+            r.active = on
+
+    # mirrors NumpyModel.forward, split so that a run can start at any block
+    def embed(self, ids: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
+        m = self.model
+        if table is not None:
+            h = np.ascontiguousarray(table[ids])  # (T, hidden)
+        else:
+            h = m.embed(ids)
+        return h * np.float32(m.embed_scale) if m.embed_scale != 1.0 else h
+
+    def blocks(self, h: np.ndarray, start: int = 0, keep: list | None = None) -> np.ndarray:
+        from .backends.numpy.cache import KVCache
+
+        cache = KVCache(len(self.model.blocks))  # offset 0: the chunk is the whole sequence
+        for i in range(start, len(self.model.blocks)):
+            if keep is not None:
+                keep.append(h)
+            h = self.model.blocks[i](h, cache, i)
+        return self.model.norm(h)  # (T, hidden), the head's input
+
+    def logprobs(self, hn: np.ndarray, head_t: np.ndarray | None = None) -> np.ndarray:
+        """log-softmax of the logits for normed hidden states hn (P, hidden); head_t (hidden, V)."""
+        from .eval import log_softmax
+
+        logits = hn @ head_t if head_t is not None else self.model.lm_head(hn)
+        if self.model.logit_softcap:
+            logits = np.tanh(logits / self.model.logit_softcap) * self.model.logit_softcap
+        return log_softmax(logits)
+
+
+def _kl(p_log: np.ndarray, q_log: np.ndarray) -> float:
+    """Mean over rows of KL(P || Q) from log-probabilities (P, V)."""
+    return float(np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=-1, dtype=np.float64)))
+
+
+def probe_option(shape: tuple, probe: tuple[int, int]) -> tuple[int, int]:
+    bits, group = probe
+    while shape[-1] % group and group > 32:
+        group //= 2
+    return bits, group
+
+
+def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantizer,
+              probe: tuple[int, int] = (3, 64), positions: int = 64, probe_chunks: int = 1,
+              show_progress: bool = False) -> Calibration:
+    """Input moments over all `chunks`; probes over the first `probe_chunks` of them, with KL
+    measured at `positions` evenly spaced positions per chunk."""
+    from .progress import progress
+
+    net = Instrumented(directory)
+    m = net.model
+    head_sum = 0.0
+    n_tokens = 0
+    cached = []  # per probe chunk: (block inputs, normed final hidden at positions, base logprobs, positions)
+    for k, ids in enumerate(progress(chunks, desc="calibrate", unit="chunk", disable=not show_progress)):
+        keep: list[np.ndarray] | None = [] if k < probe_chunks else None
+        hn = net.blocks(net.embed(ids), 0, keep)
+        head_sum = head_sum + np.einsum("ti,ti->i", hn, hn, dtype=np.float64)
+        n_tokens += len(ids)
+        if keep is not None:
+            pos = np.unique(np.linspace(1, len(ids) - 1, min(positions, len(ids) - 1)).astype(int))
+            cached.append((ids, keep, hn[pos], net.logprobs(hn[pos]), pos))
+    net.record(False)
+
+    cal = Calibration(tokens=n_tokens, positions=sum(len(c[4]) for c in cached))
+
+    def dense(name: str) -> np.ndarray:
+        """The float32 weight (out, in), read back from the loaded model."""
+        if name in net.slots:
+            arr, sl, _ = net.slots[name]
+            return np.ascontiguousarray(arr[:, sl].T)
+        if name == "model.embed_tokens.weight":
+            return m.embed.table if m.embed.table is not None else np.ascontiguousarray(m.embed.table_t.T)
+        return np.ascontiguousarray(m.lm_head.wt.T)
+
+    def measure(run) -> float:
+        return float(np.mean([_kl(c[3], run(c)) for c in cached]))
+
+    names = list(net.slots) + ["model.embed_tokens.weight"] + \
+        ([net.head_name] if net.head_name != "model.embed_tokens.weight" else [])
+    for name in progress(names, desc="probe", unit="tensor", disable=not show_progress):
+        w = dense(name)
+        uses = []
+        if name in net.slots:
+            arr, sl, layer = net.slots[name]
+            opt = probe_option(w.shape, probe)
+            saved = arr[:, sl].copy()
+            arr[:, sl] = quantize(w, *opt, net.sums[name] / n_tokens).T
+            kl = measure(lambda c: net.logprobs(net.blocks(c[1][layer], layer)[c[4]]))
+            arr[:, sl] = saved
+            uses.append(Use("linear", (net.sums[name] / n_tokens).astype(np.float32), opt, kl))
+        if name == "model.embed_tokens.weight":
+            opt = probe_option(w.shape, probe)
+            table = quantize(w, *opt, None)
+            kl = measure(lambda c: net.logprobs(net.blocks(net.embed(c[0], table), 0)[c[4]]))
+            uses.append(Use("lookup", None, opt, kl))
+        if name == net.head_name:
+            imp = (head_sum / n_tokens).astype(np.float32)
+            opt = probe_option(w.shape, probe)
+            head_t = np.ascontiguousarray(quantize(w, *opt, imp).T)
+            kl = measure(lambda c: net.logprobs(c[2], head_t))
+            uses.append(Use("head", imp, opt, kl))
+        cal.uses[name] = uses
+    return cal
