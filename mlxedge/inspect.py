@@ -24,24 +24,23 @@ def inspect(path: str | Path) -> dict:
 
 
 def _inspect_gguf(path: Path) -> dict:
-    from .formats.gguf import metadata, open_readers
+    from .formats.gguf import open_gguf, split_paths
 
-    readers = open_readers(path)
-    meta = metadata(readers[0])
+    meta, tensors = open_gguf(path)
     arch = meta.get("general.architecture", "?")
-    tensors = [t for r in readers for t in r.tensors]
-    params = sum(int(t.n_elements) for t in tensors)
-    nbytes = sum(int(t.n_bytes) for t in tensors)
-    hist = Counter()
+    params = sum(t.n_elements for t in tensors)
+    nbytes = sum(t.n_bytes for t in tensors)
+    hist: Counter = Counter()
+    counts: Counter = Counter()
     for t in tensors:
-        hist[t.tensor_type.name] += int(t.n_elements)
+        hist[t.type] += t.n_elements
+        counts[t.type] += 1
     return {
         "path": str(path), "format": "gguf", "architecture": arch, "name": meta.get("general.name"),
         "parameters": params, "tensor_count": len(tensors),
-        "tensor_types": {k: {"tensors": sum(1 for t in tensors if t.tensor_type.name == k), "parameters": v}
-                         for k, v in hist.most_common()},
+        "tensor_types": {k: {"tensors": counts[k], "parameters": v} for k, v in hist.most_common()},
         "bits_per_weight": round(nbytes * 8 / max(params, 1), 4),
-        "size_bytes": sum(Path(r.data.filename).stat().st_size for r in readers),
+        "size_bytes": sum(p.stat().st_size for p in split_paths(path)),
         "tokenizer": meta.get("tokenizer.ggml.model"),
         "vocab_size": len(meta.get("tokenizer.ggml.tokens") or []),
         "context_length": meta.get(f"{arch}.context_length"),

@@ -14,60 +14,35 @@ import numpy as np
 
 from ..errors import MlxEdgeError
 from ..quant import ggml
+from .gguf_file import TensorInfo, read_header
 from .gguf_arch import IGNORED, NORM_PLUS_ONE, PERMUTED_QK, hf_config, mlx_name
 from .source import Source, SourceTensor
 
 _SPLIT = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
 
 
-def open_readers(path: Path) -> list:
-    """One GGUFReader per file; a split set is found from its first (or any) part's name."""
-    import gguf
-
+def split_paths(path: Path) -> list[Path]:
+    """All files of a split set (`-00001-of-0000N.gguf`), or just `path`."""
     m = _SPLIT.match(path.name)
-    paths = [path]
-    if m:
-        stem, _, n = m.groups()
-        paths = [path.with_name(f"{stem}-{i:05d}-of-{n}.gguf") for i in range(1, int(n) + 1)]
-        missing = [p.name for p in paths if not p.exists()]
-        if missing:
-            raise MlxEdgeError(f"split GGUF is incomplete: missing {', '.join(missing)}")
-    readers = []
-    for p in paths:
-        try:
-            readers.append(gguf.GGUFReader(p))
-        except Exception as e:  # gguf-py raises ValueError/IndexError/struct errors on bad files
-            raise MlxEdgeError(f"{p}: {_reader_error(e)}") from None
-    return readers
+    if not m:
+        return [path]
+    stem, _, n = m.groups()
+    paths = [path.with_name(f"{stem}-{i:05d}-of-{n}.gguf") for i in range(1, int(n) + 1)]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise MlxEdgeError(f"split GGUF is incomplete: missing {', '.join(missing)}")
+    return paths
 
 
-def _reader_error(e: Exception) -> str:
-    """gguf-py's exception, as one line a user can act on."""
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    m = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", msg)
-    if m:
-        return (f"tensor type {m.group(1)} is unknown to gguf-py {_gguf_version()}; "
-                "this file needs a newer gguf package, or a type mlxedge does not support")
-    if any(w in msg for w in ("reshape", "buffer", "offset", "dtype", "size")) or isinstance(e, (EOFError, IndexError)):
-        return "truncated GGUF file (its tensor data ends early)"
-    return f"not a valid GGUF file ({msg})"
-
-
-def _gguf_version() -> str:
-    from importlib.metadata import version
-
-    return version("gguf")
-
-
-def metadata(reader) -> dict:
-    """GGUF key/value metadata as plain Python values (arrays as lists)."""
-    meta = {}
-    for key, field in reader.fields.items():
-        try:
-            meta[key] = field.contents()
-        except Exception:  # an exotic field we never read; keep going
-            continue
-    return meta
+def open_gguf(path: Path) -> tuple[dict, list[TensorInfo]]:
+    """Metadata (from the first file) and the tensors of all files of a (split) GGUF."""
+    tensors: list[TensorInfo] = []
+    meta: dict = {}
+    for i, p in enumerate(split_paths(Path(path))):
+        m, t = read_header(p)
+        meta = m if i == 0 else meta
+        tensors.extend(t)
+    return meta, tensors
 
 
 def _permute_back(x: np.ndarray, n_head: int) -> np.ndarray:
@@ -82,8 +57,7 @@ def _permute_back(x: np.ndarray, n_head: int) -> np.ndarray:
 
 def read_gguf(path: str | Path) -> Source:
     path = Path(path)
-    readers = open_readers(path)
-    meta = metadata(readers[0])
+    meta, tensor_list = open_gguf(path)
     arch = meta.get("general.architecture")
     if arch is None:
         raise MlxEdgeError(f"{path} has no general.architecture")
@@ -92,11 +66,11 @@ def read_gguf(path: str | Path) -> Source:
     if arch not in MODEL_TYPE:
         raise MlxEdgeError(f"unsupported architecture {arch!r} in {path.name} "
                            f"(supported: {', '.join(MODEL_TYPE)})")
-    gtensors = {t.name: t for r in readers for t in r.tensors}
+    gtensors = {t.name: t for t in tensor_list}
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = len(tokens) if tokens else int(meta.get(f"{arch}.vocab_size", 0))
     if not vocab:
-        vocab = int(gtensors["token_embd.weight"].shape[-1])
+        vocab = int(gtensors["token_embd.weight"].shape[0])
     config = hf_config(arch, meta, set(gtensors), vocab)
     _extra_rope_config(arch, config, gtensors)
 
@@ -114,8 +88,7 @@ def read_gguf(path: str | Path) -> Source:
 
     def make(gname: str, name: str) -> SourceTensor:
         t = gtensors[gname]
-        gtype = t.tensor_type.name
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists ne0 (columns) first
+        gtype, shape = t.type, t.shape
         perm = None
         if arch in PERMUTED_QK and ".self_attn.q_proj." in name:
             perm = n_heads
@@ -124,9 +97,7 @@ def read_gguf(path: str | Path) -> Source:
         plus_one = arch in NORM_PLUS_ONE and name.endswith("norm.weight")
 
         def raw() -> np.ndarray:
-            data = np.asarray(t.data)
-            if len(shape) == 2:
-                data = data.reshape(shape[0], -1)
+            data = t.raw()
             return _permute_back(data, perm) if perm else data
 
         def dense() -> np.ndarray:
@@ -138,7 +109,7 @@ def read_gguf(path: str | Path) -> Source:
                 return None
             return ggml.repack(raw(), gtype, shape)
 
-        return SourceTensor(name, shape, gtype, dense, exact, int(t.n_bytes))
+        return SourceTensor(name, shape, gtype, dense, exact, t.n_bytes)
 
     order = sorted(names.items(), key=lambda kv: _sort_key(kv[1]))
 
@@ -152,7 +123,7 @@ def read_gguf(path: str | Path) -> Source:
         raise MlxEdgeError(f"{path.name} carries no tokenizer (tokenizer.ggml.tokens missing)")
     file_type = meta.get("general.file_type")
     info = {"architecture": arch, "name": meta.get("general.name"), "file_type": file_type,
-            "files": [str(r.data.filename) if hasattr(r.data, "filename") else None for r in readers],
+            "files": [p.name for p in split_paths(path)],
             "tokenizer": meta.get("tokenizer.ggml.model")}
     return Source(path=path, format="gguf", config=config, tensors=stream,
                   tokenizer_files=tokenizer_files(meta), generation_config=generation_config(meta),
@@ -184,11 +155,11 @@ def _check_complete(arch: str, config: dict, have: set[str]) -> None:
 def _extra_rope_config(arch: str, config: dict, gtensors: dict) -> None:
     """RoPE scaling that llama.cpp stores as tensors rather than metadata."""
     if arch == "phi3" and "rope_factors_long.weight" in gtensors:
-        long = np.asarray(gtensors["rope_factors_long.weight"].data, dtype=np.float32).tolist()
-        short = np.asarray(gtensors["rope_factors_short.weight"].data, dtype=np.float32).tolist()
+        long = gtensors["rope_factors_long.weight"].raw().view(np.float32).tolist()
+        short = gtensors["rope_factors_short.weight"].raw().view(np.float32).tolist()
         config["rope_scaling"] = {"type": "longrope", "long_factor": long, "short_factor": short}
     if arch == "llama" and "rope_freqs.weight" in gtensors:
-        freqs = np.asarray(gtensors["rope_freqs.weight"].data, dtype=np.float32)
+        freqs = gtensors["rope_freqs.weight"].raw().view(np.float32)
         config["rope_scaling"] = _llama3_scaling(freqs, config["rope_theta"], config["head_dim"])
 
 

@@ -15,14 +15,13 @@ The target is llama.cpp's own tokenizer (src/llama-vocab.cpp): the files produce
 
 from __future__ import annotations
 
-import mmap
-import struct
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from ..errors import MlxEdgeError
+from .gguf_file import read_header
 
 # tokenizer.ggml.token_type values (llama.h `llama_token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -115,55 +114,10 @@ def gguf_metadata(source) -> dict[str, Any]:
     """
     if isinstance(source, (str, Path)):
         try:
-            return _read_metadata(Path(source))
-        except (OSError, ValueError, struct.error) as e:  # UnicodeDecodeError is a ValueError
+            return read_header(Path(source))[0]
+        except (OSError, ValueError) as e:
             raise MlxEdgeError(f"cannot read GGUF metadata from {source}: {e}") from None
     return {name: field.contents() for name, field in source.fields.items() if not name.startswith("GGUF.")}
-
-
-# GGUF value types (gguf.GGUFValueType) -> struct format; 8 is a string, 9 an array.
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def _read_metadata(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        magic, version, _n_tensors, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
-        if magic != b"GGUF" or not 2 <= version <= 3:
-            raise MlxEdgeError(f"{path.name} is not a little-endian GGUF v2/v3 file")
-        pos = 24
-
-        def string() -> str:
-            nonlocal pos
-            (n,) = struct.unpack_from("<Q", buf, pos)
-            pos += 8 + n
-            return buf[pos - n : pos].decode("utf-8")
-
-        def value(kind: int) -> Any:
-            nonlocal pos
-            if kind == 8:
-                return string()
-            if kind == 9:
-                item, n = struct.unpack_from("<IQ", buf, pos)
-                pos += 12
-                if item in _SCALAR:
-                    dtype = np.dtype(_SCALAR[item])
-                    out = np.frombuffer(buf, dtype, n, pos).tolist()
-                    pos += n * dtype.itemsize
-                    return out
-                return [value(item) for _ in range(n)]
-            if kind not in _SCALAR:
-                raise MlxEdgeError(f"{path.name}: unknown GGUF value type {kind}")
-            (out,) = struct.unpack_from(_SCALAR[kind], buf, pos)
-            pos += struct.calcsize(_SCALAR[kind])
-            return out
-
-        meta = {}
-        for _ in range(n_kv):
-            key = string()
-            (kind,) = struct.unpack_from("<I", buf, pos)
-            pos += 4
-            meta[key] = value(kind)
-        return meta
 
 
 def tokenizer_files(meta: dict[str, Any]) -> dict[str, dict]:
