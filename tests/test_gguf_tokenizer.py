@@ -14,6 +14,7 @@ from mlxedge import assets
 from mlxedge.errors import MlxEdgeError
 from mlxedge.formats.gguf_tokenizer import (
     GEMMA_CHAT_TEMPLATE,
+    chat_template,
     generation_config,
     gguf_metadata,
     tokenizer_files,
@@ -170,15 +171,20 @@ def test_chat_template_renders_turns(model, auto):
         {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "Bye"},
     ]
-    text = auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if name == "gemma3":
-        assert meta.get("tokenizer.chat_template") is None  # ours is used
+        # The packaged Gemma 3 270M is the base model and ships no template: none is invented...
+        assert meta.get("tokenizer.chat_template") is None and chat_template(meta) is None
+        # ...but an instruction-tuned Gemma GGUF without one gets ours.
+        it = {**meta, "general.finetune": "it"}
+        auto.chat_template = chat_template(it)
+        text = auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert text == (
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
             "<start_of_turn>model\nHello!<end_of_turn>\n"
             "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
         )
     else:
+        text = auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert text == (
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
             "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"

@@ -15,6 +15,7 @@ The target is llama.cpp's own tokenizer (src/llama-vocab.cpp): the files produce
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -189,12 +190,18 @@ def generation_config(meta: dict[str, Any]) -> dict:
 
 
 def chat_template(meta: dict[str, Any]) -> Optional[str]:
-    """The GGUF's chat template, or our Gemma template for Gemma GGUFs that ship none."""
+    """The GGUF's chat template; for an instruction-tuned Gemma GGUF that ships none, ours.
+
+    A base model gets none, so `generate` does raw completion on it (Gemma's vocabulary has the
+    turn tokens either way; base Gemma 3 270M answers a templated prompt with noise).
+    """
     template = meta.get("tokenizer.chat_template")
     if template:
         return template
     tokens = set(meta["tokenizer.ggml.tokens"][:1024])
-    if str(meta.get("general.architecture", "")).startswith("gemma") and "<start_of_turn>" in tokens:
+    label = f"{meta.get('general.finetune', '')} {meta.get('general.name', '')}"
+    instruct = re.search(r"(?i)\b(it|instruct|chat)\b", label) is not None
+    if str(meta.get("general.architecture", "")).startswith("gemma") and "<start_of_turn>" in tokens and instruct:
         return GEMMA_CHAT_TEMPLATE
     return None
 
