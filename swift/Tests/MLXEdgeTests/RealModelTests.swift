@@ -3,8 +3,8 @@ import Testing
 import MLXEdge
 
 // Real models converted from their GGUFs by scripts/make_swift_fixtures.py (part "real") into
-// swift/Generated, with mlx-lm's greedy tokens and log-probabilities. Skipped when absent. In a
-// debug build these take minutes; CI runs them with `swift test -c release -Xswiftc -enable-testing`.
+// swift/Generated, with mlx-lm's greedy tokens and log-probabilities. Opt-in (minutes in a debug
+// build): CI runs `MLXEDGE_REAL_TESTS=1 swift test -c release -Xswiftc -enable-testing --filter RealModelTests`.
 
 func logSumExp(_ x: [Double]) -> Double {
     let m = x.max()!
@@ -30,9 +30,9 @@ struct RealGolden: Decodable {
 }
 
 let realModels = ["smollm2", "gemma3"].filter { exists(generated.appendingPathComponent("\($0)/golden.json")) }
-let realEnabled = !realModels.isEmpty && ProcessInfo.processInfo.environment["MLXEDGE_SKIP_REAL"] == nil
+let realEnabled = !realModels.isEmpty && ProcessInfo.processInfo.environment["MLXEDGE_REAL_TESTS"] == "1"
 
-@Suite(.enabled(if: realEnabled, "run scripts/make_swift_fixtures.py to convert the real models"))
+@Suite(.enabled(if: realEnabled, "set MLXEDGE_REAL_TESTS=1 (release build) after scripts/make_swift_fixtures.py"))
 struct RealModelTests {
     @Test(arguments: realModels)
     func chatPromptsAndGreedyTokensMatchMLXLM(name: String) async throws {

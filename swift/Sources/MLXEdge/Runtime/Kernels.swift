@@ -122,24 +122,31 @@ enum Planes<W: PlaneWidth>: Unpacker {
     }
 }
 
-/// 3, 5 and 6 bits: values straddle bytes; read each from a 64-bit window of the bit stream.
-/// Natural order.
+/// 3, 5 and 6 bits: values straddle bytes, but every 8 values fill exactly `bits` bytes, so each
+/// run of 8 is read as one little-endian integer and split with constant shifts. Natural order.
 enum UnpackAny<B: PlaneWidth>: Unpacker {
     static var bits: Int { B.bits }
     @inline(__always) static func order(_ i: Int, _ gs: Int) -> Int { i }
-    @inline(__always) static func value(_ words: Words, _ i: Int) -> UInt32 {
-        let bit = i * B.bits
-        let lo = UInt64(words[bit >> 5])
-        let hi = (bit & 31) + B.bits > 32 ? UInt64(words[(bit >> 5) + 1]) << 32 : 0
-        return UInt32(truncatingIfNeeded: ((lo | hi) >> UInt64(bit & 31)) & UInt64((1 << B.bits) - 1))
+
+    /// Values 8c ..< 8c+8 of the group starting at `words`.
+    @inline(__always) static func eight(_ words: Words, _ c: Int) -> SIMD8<Float> {
+        var w: UInt64 = 0
+        withUnsafeMutableBytes(of: &w) { $0.copyMemory(from: UnsafeRawBufferPointer(start: words.base + c * B.bits, count: B.bits)) }
+        w = UInt64(littleEndian: w)
+        let m = UInt64((1 << B.bits) - 1), b = UInt64(B.bits)
+        let q = SIMD8<Int32>(Int32(truncatingIfNeeded: w & m), Int32(truncatingIfNeeded: (w >> b) & m),
+                             Int32(truncatingIfNeeded: (w >> (2 * b)) & m), Int32(truncatingIfNeeded: (w >> (3 * b)) & m),
+                             Int32(truncatingIfNeeded: (w >> (4 * b)) & m), Int32(truncatingIfNeeded: (w >> (5 * b)) & m),
+                             Int32(truncatingIfNeeded: (w >> (6 * b)) & m), Int32(truncatingIfNeeded: (w >> (7 * b)) & m))
+        return SIMD8<Float>(q)
     }
     @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> SIMD8<Float> {
         var acc = SIMD8<Float>()
-        for i in 0..<gs { acc[i & 7] += Float(value(words, i)) * x[i] }
+        for c in 0..<(gs / 8) { acc += eight(words, c) * load8(x + 8 * c) }
         return acc
     }
     @inline(__always) static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ gs: Int) {
-        for i in 0..<gs { out[i] = Float(value(words, i)) }
+        for c in 0..<(gs / 8) { store8(eight(words, c), out + 8 * c) }
     }
 }
 enum Bits3: PlaneWidth { static let bits = 3 }

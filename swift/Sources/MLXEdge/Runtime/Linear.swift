@@ -178,13 +178,14 @@ private func affineMatmul<U: Unpacker, S: ScalarReader>(
             }
             return
         }
-        // Prefill: dequantize one row at a time into a small buffer and reuse it for all T inputs.
-        parallelFor(O, work: O * I * T) { r0, r1 in
-            let row = UnsafeMutablePointer<Float>.allocate(capacity: I)
-            defer { row.deallocate() }
-            for r in r0..<r1 {
-                dequantizeRowUnordered(u, sr, w, s, b, gs, r, row)
-                for t in 0..<T { y[t * O + r] = dot(row, x + t * I, I) }
+        // Prefill: dequantize a few rows into a small buffer and reuse them for all T inputs.
+        parallelFor((O + tileRows - 1) / tileRows, work: O * I * T) { c0, c1 in
+            let rows = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * I)
+            defer { rows.deallocate() }
+            for c in c0..<c1 {
+                let r0 = c * tileRows, n = min(tileRows, O - r0)
+                for k in 0..<n { dequantizeRowUnordered(u, sr, w, s, b, gs, r0 + k, rows + k * I) }
+                tileDots(rows, n, x, T, I, y + r0, O)
             }
         }
     }
@@ -207,14 +208,46 @@ private func floatMatmul<R: RowReader & ScalarReader>(
         }
         return
     }
-    parallelFor(O, work: O * I * T) { r0, r1 in
-        let row = UnsafeMutablePointer<Float>.allocate(capacity: I)
-        defer { row.deallocate() }
-        for r in r0..<r1 {
-            var i = 0
-            while i < vectorized { store8(R.load8(w, r * I + i), row + i); i += 8 }
-            while i < I { row[i] = R.read(w, r * I + i); i += 1 }
-            for t in 0..<T { y[t * O + r] = dot(row, x + t * I, I) }
+    parallelFor((O + tileRows - 1) / tileRows, work: O * I * T) { c0, c1 in
+        let rows = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * I)
+        defer { rows.deallocate() }
+        for c in c0..<c1 {
+            let r0 = c * tileRows, n = min(tileRows, O - r0)
+            for k in 0..<n {
+                let (r, row) = (r0 + k, rows + k * I)
+                var i = 0
+                while i < vectorized { store8(R.load8(w, r * I + i), row + i); i += 8 }
+                while i < I { row[i] = R.read(w, r * I + i); i += 1 }
+            }
+            tileDots(rows, n, x, T, I, y + r0, O)
         }
+    }
+}
+
+/// Rows dequantized together in prefill: each input vector is loaded once per tile of rows.
+private let tileRows = 4
+
+/// y[t * O + k] = dot(rows[k], x[t]) for k < n (n <= 4), t < T; four dot products share each x load.
+@inline(__always)
+private func tileDots(_ rows: UnsafeMutablePointer<Float>, _ n: Int, _ x: UnsafePointer<Float>, _ T: Int, _ I: Int,
+                      _ y: UnsafeMutablePointer<Float>, _ O: Int) {
+    guard n == 4, I % 8 == 0 else {
+        for k in 0..<n { for t in 0..<T { y[t * O + k] = dot(rows + k * I, x + t * I, I) } }
+        return
+    }
+    let (w0, w1, w2, w3) = (rows, rows + I, rows + 2 * I, rows + 3 * I)
+    for t in 0..<T {
+        let xt = x + t * I
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+        var i = 0
+        while i < I {
+            let xv = load8(xt + i)
+            a0 += load8(w0 + i) * xv
+            a1 += load8(w1 + i) * xv
+            a2 += load8(w2 + i) * xv
+            a3 += load8(w3 + i) * xv
+            i += 8
+        }
+        y[t * O] = a0.sum(); y[t * O + 1] = a1.sum(); y[t * O + 2] = a2.sum(); y[t * O + 3] = a3.sum()
     }
 }
