@@ -69,3 +69,26 @@ def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     """KL(p || q) per position, from logits."""
     lp, lq = log_softmax(p_logits), log_softmax(q_logits)
     return (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+@pytest.fixture(scope="session")
+def mlx_eval_logits(request):
+    """name -> mlx-lm's float32 logits (T, vocab) for the golden evaluation ids, computed once.
+
+    MLX's CPU build is slow (minutes for Gemma 3 on 256 tokens), so every test comparing against
+    mlx-lm on the real text shares one forward pass per model.
+    """
+    cache: dict[str, np.ndarray] = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in cache:
+            mx = pytest.importorskip("mlx.core")
+            load_model = pytest.importorskip("mlx_lm.utils").load_model
+            model, _ = load_model(request.getfixturevalue(f"{name}_bundle"))
+            if not mx.metal.is_available():
+                model.set_dtype(mx.float32)  # MLX's CPU quantized matmul is ~40x slower in float16
+            ids = mx.array(load_golden(name)["eval"]["ids"])[None]
+            cache[name] = np.array(model(ids).astype(mx.float32))[0]
+        return cache[name]
+
+    return get

@@ -97,17 +97,11 @@ def test_size_close_to_gguf(model, limit, request):
 
 
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_mlx_lm_matches_llamacpp(model, request):
+def test_mlx_lm_matches_llamacpp(model, mlx_eval_logits):
     """mlx-lm runs the bundle unchanged; its perplexity and top-1 match llama.cpp on the GGUF."""
-    mx = pytest.importorskip("mlx.core")
-    mlx_lm = pytest.importorskip("mlx_lm")
-    out = request.getfixturevalue(f"{model}_bundle")
     golden = load_golden(model)["eval"]
     ids = np.array(golden["ids"])
-    mdl, tok = mlx_lm.load(str(out))
-    if not mx.metal.is_available():
-        mdl.set_dtype(mx.float32)  # MLX's CPU quantized matmul is ~40x slower in float16
-    logits = np.array(mdl(mx.array(ids)[None]).astype(mx.float32))[0, :-1]  # (T-1, vocab)
+    logits = mlx_eval_logits(model)[:-1]  # (T-1, vocab): position i scores ids[i+1]
     lsm = log_softmax(logits)
     nll = -lsm[np.arange(len(ids) - 1), ids[1:]]
     ppl = np.exp(nll.mean())

@@ -10,7 +10,6 @@ convention, RoPE pairing or base, window off by one, missing bias) moves logits 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import subprocess
 import sys
@@ -329,26 +328,17 @@ def test_real_model_greedy_continuations(mx, request, name):
         assert kl(ref_steps, out_steps).max() < 1e-4
 
 
-def _human_text() -> str:
-    """numpy's license: human-written text that is installed wherever this test runs."""
-    files = importlib.metadata.files("numpy") or []
-    lic = [f for f in files if f.name == "LICENSE.txt" and ".dist-info" in str(f)]
-    if not lic:
-        pytest.skip("numpy's LICENSE.txt is not installed")
-    return lic[0].read_text(encoding="utf-8")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
-def test_real_model_kl_on_text(mx, request, name):
+def test_real_model_kl_on_text(request, mlx_eval_logits, name):
     """Mean KL(mlx-lm || numpy) over 256 positions of real text is far below 0.01."""
-    from mlx_lm.utils import load_tokenizer
+    from conftest import load_golden
 
     from mlxedge.backends.numpy import load
 
     path = _real(request, name)
-    ids = load_tokenizer(path).encode(_human_text())[:256]
-    ref = mlx_logits(mx, mlx_model(mx, path), ids)
+    ids = load_golden(name)["eval"]["ids"]  # 256 tokens of numpy's license
+    ref = mlx_eval_logits(name)
     out = load(path).forward(np.array(ids))
     d = kl(ref, out)
     assert d.mean() < 1e-4 and d.max() < 1e-3, (d.mean(), d.max())
