@@ -699,6 +699,7 @@ REAL_PROMPTS = [
      {"role": "user", "content": "List three primary colors."}],
     [{"role": "user", "content": "Write a haiku about the sea."}],
 ]
+RAW_PROMPTS = ["The capital of France is", "The three primary colors are", "Once upon a time, by the sea,"]
 KL_TOKENS = 128
 GREEDY_TOKENS = 8
 
@@ -741,13 +742,16 @@ def make_real(out: Path) -> list[str]:
         # emulated and takes many minutes here).
         model.set_dtype(mx.float32)
         prompts = []
-        for messages in REAL_PROMPTS:
-            if name == "gemma3" and messages[0]["role"] == "system":
-                pass  # Gemma's template folds the system prompt into the first user turn
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        chat = getattr(tokenizer, "chat_template", None) is not None
+        for messages, raw in zip(REAL_PROMPTS, RAW_PROMPTS):
+            # Base models (Gemma 3 270M) have no template: they get raw completions.
+            if chat:
+                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            else:
+                text = raw
             ids = tokenizer.encode(text, add_special_tokens=not text.startswith(tokenizer.bos_token or "\0"))
             greedy = [int(t) for t, _ in generate_step(mx.array(ids), model, max_tokens=GREEDY_TOKENS)]
-            prompts.append({"messages": messages, "text": text, "ids": ids, "greedy": greedy})
+            prompts.append({"messages": messages if chat else None, "text": text, "ids": ids, "greedy": greedy})
         kl_ids = tokenizer.encode(kl_text())[:KL_TOKENS]
         logits = model(mx.array(kl_ids)[None])[0].astype(mx.float32)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
