@@ -22,6 +22,10 @@ enum BF16Reader: ScalarReader {
     }
 }
 
+@inline(__always) func widen(_ v: SIMD8<UInt16>) -> SIMD8<UInt32> {
+    SIMD8<UInt32>(UInt32(v[0]), UInt32(v[1]), UInt32(v[2]), UInt32(v[3]), UInt32(v[4]), UInt32(v[5]), UInt32(v[6]), UInt32(v[7]))
+}
+
 /// Eight consecutive weights of a float row as Float lanes.
 protocol RowReader { static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> }
 extension F32Reader: RowReader {
@@ -31,7 +35,7 @@ extension F32Reader: RowReader {
 }
 extension F16Reader: RowReader {
     @inline(__always) static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
-        let h = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
+        let h = widen(p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
         // Exponent/mantissa moved into float position, then rebiased by 2^112 (exact, subnormals
         // included); infinities/NaN are not expected in weights.
         let magnitude = unsafeBitCast((h & 0x7FFF) &<< 13, to: SIMD8<Float>.self) * 0x1p112
@@ -40,7 +44,7 @@ extension F16Reader: RowReader {
 }
 extension BF16Reader: RowReader {
     @inline(__always) static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
-        let h = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
+        let h = widen(p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
         return unsafeBitCast(h &<< 16, to: SIMD8<Float>.self)
     }
 }
@@ -65,6 +69,16 @@ protocol Unpacker {
     static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ groupSize: Int) -> SIMD8<Float>
     /// The group's q values as Float, in the unpacker's order.
     static func unpack(_ words: Words, _ out: UnsafeMutablePointer<Float>, _ groupSize: Int)
+}
+
+/// UInt8 lanes as Float lanes. Written lane by lane: the optimizer turns this into vector
+/// widening + conversion, while the generic stdlib initializers stay out-of-line calls here.
+@inline(__always) func floats(_ q: SIMD8<UInt8>) -> SIMD8<Float> {
+    SIMD8<Float>(Float(q[0]), Float(q[1]), Float(q[2]), Float(q[3]), Float(q[4]), Float(q[5]), Float(q[6]), Float(q[7]))
+}
+
+@inline(__always) func floats(_ q: SIMD8<Int32>) -> SIMD8<Float> {
+    SIMD8<Float>(Float(q[0]), Float(q[1]), Float(q[2]), Float(q[3]), Float(q[4]), Float(q[5]), Float(q[6]), Float(q[7]))
 }
 
 @inline(__always) func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
@@ -95,7 +109,7 @@ enum Planes<W: PlaneWidth>: Unpacker {
     @inline(__always) static func plane(_ bytes: UnsafeRawPointer, _ j: Int, _ k: Int) -> SIMD8<Float> {
         let b = bytes.loadUnaligned(fromByteOffset: k, as: SIMD8<UInt8>.self)
         let q = W.bits == 8 ? b : (b &>> UInt8(j * W.bits)) & UInt8((1 << W.bits) - 1)
-        return SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: q))
+        return floats(q)
     }
 
     @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> SIMD8<Float> {
@@ -138,7 +152,7 @@ enum UnpackAny<B: PlaneWidth>: Unpacker {
                              Int32(truncatingIfNeeded: (w >> (2 * b)) & m), Int32(truncatingIfNeeded: (w >> (3 * b)) & m),
                              Int32(truncatingIfNeeded: (w >> (4 * b)) & m), Int32(truncatingIfNeeded: (w >> (5 * b)) & m),
                              Int32(truncatingIfNeeded: (w >> (6 * b)) & m), Int32(truncatingIfNeeded: (w >> (7 * b)) & m))
-        return SIMD8<Float>(q)
+        return floats(q)
     }
     @inline(__always) static func dot(_ words: Words, _ x: UnsafePointer<Float>, _ gs: Int) -> SIMD8<Float> {
         var acc = SIMD8<Float>()
