@@ -577,7 +577,7 @@ def make_templates(out: Path) -> list[str]:
     d = out / "templates"
     d.mkdir(parents=True, exist_ok=True)
     (d / "templates.json").write_text(json.dumps(templates, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    (d / "cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (d / "cases.json").write_text(json.dumps(cases, ensure_ascii=False) + "\n", encoding="utf-8")
     return list(templates)
 
 
