@@ -18,7 +18,10 @@ test: setup-test test-python test-swift
 test-python:
 	.venv/bin/python -m pytest -q
 
+# Fixtures (tiny bundles, goldens, the converted real models) come from the Python side; the
+# real-model tests run in release mode (debug Swift is too slow for a 270M model).
 test-swift:
 	@if [ -d swift ] && command -v swift >/dev/null; then \
-	  .venv/bin/python scripts/make_swift_fixtures.py && cd swift && swift test; \
+	  .venv/bin/python scripts/make_swift_fixtures.py && cd swift && swift test && \
+	  MLXEDGE_REAL_TESTS=1 swift test -c release -Xswiftc -enable-testing --filter RealModelTests; \
 	else echo "swift: toolchain or package not present, skipped"; fi
