@@ -152,17 +152,22 @@ def _os_error(e: OSError, out: Path) -> MlxEdgeError:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Memory-map one safetensors file: name -> array (BF16 comes back as float32)."""
-    path = Path(path)
+def read_safetensors_header(path: str | Path) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file; tensor data starts at byte 8 + length."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > 100 * 1024**2:
                 raise ValueError("header too large")
-            header = json.loads(f.read(n))
+            return n, json.loads(f.read(n))
     except (OSError, ValueError, struct.error) as e:
         raise MlxEdgeError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Memory-map one safetensors file: name -> array (BF16 comes back as float32)."""
+    path = Path(path)
+    n, header = read_safetensors_header(path)
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
     for name, info in header.items():

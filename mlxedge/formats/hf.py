@@ -15,7 +15,6 @@ Tensors stay memory-mapped until the pipeline asks for one.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..errors import MlxEdgeError
 from ..quant import affine
-from .bundle import from_bf16_bits
+from .bundle import from_bf16_bits, read_safetensors_header
 from .source import Source, SourceTensor
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -51,14 +50,7 @@ class _Raw:
 
 def scan(path: Path) -> dict[str, _Raw]:
     """The safetensors header of `path`, tensors memory-mapped lazily (BF16 as uint16 bits)."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 * 1024**2:
-                raise ValueError("header too large")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise MlxEdgeError(f"{path} is not a readable safetensors file ({e})") from None
+    n, header = read_safetensors_header(path)
     out = {}
     mm = None
 
