@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import MlxEdgeError
 
+EMBED = "model.embed_tokens.weight"
 # quantize(w (out, in) float32, bits, group_size, importance (in,) or None) -> dequantized w
 Quantizer = Callable[[np.ndarray, int, int, "np.ndarray | None"], np.ndarray]
 
@@ -138,16 +139,54 @@ class Instrumented:
             wrap(block, i, set())
         m = self.model
         tied = m.embed.table_t is not None and m.lm_head.wt is m.embed.table_t
-        self.head_name = "model.embed_tokens.weight" if tied else f"{getattr(m.lm_head, 'name', 'lm_head')}.weight"
-        self.head_sum = None
+        self.head_name = EMBED if tied else f"{getattr(m.lm_head, 'name', 'lm_head')}.weight"
+        self.embed_table: np.ndarray | None = None  # replacements (see `replace`)
+        self.head_t: np.ndarray | None = None
+        self._saved: dict[str, np.ndarray] = {}
 
     def record(self, on: bool) -> None:
         for r in self.recorders:
             r.active = on
 
+    def names(self) -> list[str]:
+        """Every quantizable matrix: the blocks' linears, the embedding, an untied head."""
+        head = [self.head_name] if self.head_name != EMBED else []
+        return [*self.slots, EMBED, *head]
+
+    def weight(self, name: str) -> np.ndarray:
+        """The float32 weight (out, in), read back from the loaded model."""
+        m = self.model
+        if name in self.slots:
+            arr, sl, _ = self.slots[name]
+            return np.ascontiguousarray(arr[:, sl].T)
+        if name == EMBED:
+            return m.embed.table if m.embed.table is not None else np.ascontiguousarray(m.embed.table_t.T)
+        return np.ascontiguousarray(m.lm_head.wt.T)
+
+    def replace(self, weights) -> None:
+        """Use these (out, in) weights (a dict or (name, weight) pairs) instead of the model's,
+        until `restore()`."""
+        for name, w in (weights.items() if isinstance(weights, dict) else weights):
+            if name in self.slots:
+                arr, sl, _ = self.slots[name]
+                self._saved.setdefault(name, arr[:, sl].copy())
+                arr[:, sl] = w.T
+            if name == EMBED:
+                self.embed_table = w
+            if name == self.head_name:
+                self.head_t = np.ascontiguousarray(w.T)
+
+    def restore(self) -> None:
+        for name, saved in self._saved.items():
+            arr, sl, _ = self.slots[name]
+            arr[:, sl] = saved
+        self._saved.clear()
+        self.embed_table = self.head_t = None
+
     # mirrors NumpyModel.forward, split so that a run can start at any block
     def embed(self, ids: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
         m = self.model
+        table = table if table is not None else self.embed_table
         if table is not None:
             h = np.ascontiguousarray(table[ids])  # (T, hidden)
         else:
@@ -168,6 +207,7 @@ class Instrumented:
         """log-softmax of the logits for normed hidden states hn (P, hidden); head_t (hidden, V)."""
         from .eval import log_softmax
 
+        head_t = head_t if head_t is not None else self.head_t
         logits = hn @ head_t if head_t is not None else self.model.lm_head(hn)
         if self.model.logit_softcap:
             logits = np.tanh(logits / self.model.logit_softcap) * self.model.logit_softcap
@@ -194,7 +234,6 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
     from .progress import progress
 
     net = Instrumented(directory)
-    m = net.model
     head_sum = 0.0
     n_tokens = 0
     cached = []  # per probe chunk: (block inputs, normed final hidden at positions, base logprobs, positions)
@@ -204,28 +243,18 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
         head_sum = head_sum + np.einsum("ti,ti->i", hn, hn, dtype=np.float64)
         n_tokens += len(ids)
         if keep is not None:
-            pos = np.unique(np.linspace(1, len(ids) - 1, min(positions, len(ids) - 1)).astype(int))
+            pos = probe_positions(len(ids), positions)
             cached.append((ids, keep, hn[pos], net.logprobs(hn[pos]), pos))
     net.record(False)
 
     cal = Calibration(tokens=n_tokens, positions=sum(len(c[4]) for c in cached))
 
-    def dense(name: str) -> np.ndarray:
-        """The float32 weight (out, in), read back from the loaded model."""
-        if name in net.slots:
-            arr, sl, _ = net.slots[name]
-            return np.ascontiguousarray(arr[:, sl].T)
-        if name == "model.embed_tokens.weight":
-            return m.embed.table if m.embed.table is not None else np.ascontiguousarray(m.embed.table_t.T)
-        return np.ascontiguousarray(m.lm_head.wt.T)
-
     def measure(run) -> float:
         return float(np.mean([_kl(c[3], run(c)) for c in cached]))
 
-    names = list(net.slots) + ["model.embed_tokens.weight"] + \
-        ([net.head_name] if net.head_name != "model.embed_tokens.weight" else [])
+    names = net.names()
     for name in progress(names, desc="probe", unit="tensor", disable=not show_progress):
-        w = dense(name)
+        w = net.weight(name)
         uses = []
         if name in net.slots:
             arr, sl, layer = net.slots[name]
@@ -235,7 +264,7 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
             kl = measure(lambda c: net.logprobs(net.blocks(c[1][layer], layer)[c[4]]))
             arr[:, sl] = saved
             uses.append(Use("linear", (net.sums[name] / n_tokens).astype(np.float32), opt, kl))
-        if name == "model.embed_tokens.weight":
+        if name == EMBED:
             opt = probe_option(w.shape, probe)
             table = quantize(w, *opt, None)
             kl = measure(lambda c: net.logprobs(net.blocks(net.embed(c[0], table), 0)[c[4]]))
@@ -248,3 +277,29 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
             uses.append(Use("head", imp, opt, kl))
         cal.uses[name] = uses
     return cal
+
+
+def probe_positions(n: int, positions: int) -> np.ndarray:
+    """`positions` evenly spaced positions of a chunk of n tokens (position 0 sees only BOS)."""
+    return np.unique(np.linspace(1, n - 1, min(positions, n - 1)).astype(int))
+
+
+def joint_kl(directory: str | Path, chunks: list[np.ndarray], variants: list, positions: int = 64,
+             net: Instrumented | None = None) -> list[float]:
+    """KL(P_source || P_variant) at the probe positions of `chunks`, for each variant: replacement
+    weights (a dict or an iterable of (name, (out, in) float32) pairs) applied together."""
+    net = net or Instrumented(directory)
+    net.record(False)
+    runs = []
+    for ids in chunks:
+        pos = probe_positions(len(ids), positions)
+        runs.append((ids, pos, net.logprobs(net.blocks(net.embed(ids))[pos])))
+    out = []
+    for weights in variants:
+        net.replace(weights)
+        try:
+            out.append(float(np.mean([_kl(base, net.logprobs(net.blocks(net.embed(ids))[pos]))
+                                      for ids, pos, base in runs])))
+        finally:
+            net.restore()
+    return out

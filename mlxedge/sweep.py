@@ -160,14 +160,14 @@ def markdown(report: dict) -> str:
              "| variant | size (MB) | bits/weight | perplexity | KL mean | KL p99 | top-1 |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(report["variants"], key=lambda r: r["size_bytes"]):
-        lines.append(f"| {r['name']}{' *' if r['pareto'] else ''} | {r['size_bytes'] / 1e6:.1f} | "
+        lines.append(f"| {r['name']}{' *' if r['pareto'] else ''} | {r['size_bytes'] / 1e6:.2f} | "
                      f"{r['bits_per_weight']:.3f} | {r['perplexity']:.3f} | {r['kl_mean']:.4f} | "
                      f"{r['kl_p99']:.4f} | {100 * r['top1']:.1f}% |")
     if report["variants"]:
         lines += ["", f"Source perplexity: {report['variants'][0]['reference_perplexity']:.3f}."]
     if report["max_size_bytes"] is not None:
         best = report["best"]
-        limit = f"{report['max_size_bytes'] / 1e6:.1f} MB"
+        limit = f"{report['max_size_bytes'] / 1e6:.2f} MB"
         lines += ["", f"Best within {limit}: **{best}**." if best else f"No variant fits in {limit}."]
     lines += ["", report["plot"], ""]
     return "\n".join(lines)

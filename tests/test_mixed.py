@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mlxedge.errors import MlxEdgeError
-from mlxedge.quant import affine, mixed, recipes
+from mlxedge.quant import mixed, recipes, search
 
 
 # -- mlx-lm's mixed_* and llama.cpp's Q4_K_M ----------------------------------------------------
@@ -137,7 +137,7 @@ def test_search_never_worse_than_mlx_and_stays_mlx_format(bits, group, dtype):
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((48, 256)) * rng.lognormal(0, 1, 256)).astype(np.float32)
     imp = rng.lognormal(0, 2, 256).astype(np.float32)
-    aff = mixed.quantize_search(w, bits, group, imp, dtype)
+    aff = search.quantize_search(w, bits, group, imp, dtype)
     # MLX's own dequantize of our packed form gives what we think we stored
     mx_dtype = getattr(mx, dtype)
     scales = mx.array(aff.scales.view(np.uint16) if dtype == "bfloat16" else aff.scales)
@@ -147,11 +147,11 @@ def test_search_never_worse_than_mlx_and_stays_mlx_format(bits, group, dtype):
     # (in float32: MLX computes in the scales' dtype, which would round differently)
     theirs = np.array(mx.dequantize(mx.array(aff.packed()), scales.astype(mx.float32),
                                     biases.astype(mx.float32), group, bits))
-    np.testing.assert_allclose(theirs, mixed.dequantize(aff), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(theirs, search.dequantize(aff), rtol=1e-6, atol=1e-6)
     # per group the weighted error is at most MLX's round-to-nearest
-    rtn = mixed.dequantized_rtn(w, bits, group, None, dtype)
+    rtn = search.dequantized_rtn(w, bits, group, None, dtype)
     err = lambda x: ((x - w) ** 2 * imp).reshape(48, -1, group).sum(-1)
-    ours = mixed.dequantize(aff)
+    ours = search.dequantize(aff)
     assert np.all(err(ours) <= err(rtn) * (1 + 1e-6) + 1e-12)
     assert err(ours).sum() < 0.9 * err(rtn).sum()
 
@@ -184,7 +184,7 @@ def test_damage_ranks_like_measured_kl(tiny):
     from mlxedge.convert import open_source
 
     source = open_source(tiny)
-    table, _ = mixed.analyze(source, show_progress=False, **CALIB)
+    table = mixed.analyze(source, show_progress=False, **CALIB).table
     model, tok = mlx_lm.load(str(tiny))
     ids = mx.array(tok.encode(texts.evaluation_text())[:200])[None]
     logp = lambda: np.array(mx.log(mx.softmax(model(ids)[0].astype(mx.float32), axis=-1)), dtype=np.float64)
@@ -198,7 +198,7 @@ def test_damage_ranks_like_measured_kl(tiny):
         entry = table[name]
         w = np.array(original[name])
         for opt in [(2, 64), (3, 64), (4, 64), (4, 32), (6, 64)]:
-            wq = mixed.dequantized_search(w, *opt, entry["importance"], "float16")
+            wq = search.dequantized_search(w, *opt, entry["importance"], "float16")
             model.load_weights([(name, mx.array(wq))], strict=False)
             lq = logp()
             measured.append(float(np.mean(np.sum(np.exp(base) * (base - lq), -1))))
@@ -275,3 +275,30 @@ def test_cli_errors(tiny, tmp_path, capsys):
     assert cli.main(["convert", str(tiny), "-o", str(tmp_path / "b"), "--target-bpw", "3",
                      "--calib", str(tmp_path / "missing.txt"), "--quiet"]) == 1
     assert "calibration text" in capsys.readouterr().err
+
+
+def test_calibration_kl_is_what_mlx_lm_sees(tiny, tmp_path):
+    """The plan's joint KL recorded in mlxedge.json, recomputed from the written bundle by mlx-lm
+    on the same calibration window (so the tensors written are the ones measured)."""
+    import mlx.core as mx
+    import mlx_lm
+
+    from mlxedge import texts
+    from mlxedge.calibrate import calibration_chunks, probe_positions
+    from mlxedge.convert import convert
+
+    out = convert(tiny, tmp_path / "out", quant="bpw3", show_progress=False, **CALIB)
+    info = json.loads((out / "mlxedge.json").read_text())["recipe_info"]
+    (ids,) = calibration_chunks(tiny, texts.calibration_text(), CALIB["tokens"], CALIB["ctx"], 0)[:1]
+    pos = probe_positions(len(ids), CALIB["positions"])
+
+    def logp(d):
+        model, _ = mlx_lm.load(str(d))
+        x = np.array(model(mx.array(ids)[None])[0].astype(mx.float32), dtype=np.float64)[pos]
+        x -= x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = logp(tiny), logp(out)
+    kl = float(np.mean(np.sum(np.exp(p) * (p - q), -1)))
+    assert info["calibration_kl"] == pytest.approx(kl, rel=0.05)
+    assert set(info["joint_factors"]) == {"blocks", "embedding"}

@@ -19,28 +19,31 @@ reaches); it is within one upgrade step of the integer optimum, and with hundred
 step is a tiny part of the budget. An exact knapsack over ~10^9 bit budgets is out of reach, and
 coarse bins would lose the exactness of the budget, which the greedy walk keeps.
 
+A second pass corrects the sum where it is least reliable (`refine`): errors spread over many
+blocks compound, so the blocks' and the embedding's joint KL are measured for the plan and each
+group's damages rescaled before planning again.
+
 Quantization is MLX's affine format, with scale and bias per group searched to minimize the same
-weighted error (range shrinking, then weighted least-squares refits); it falls back per group to
-MLX's own round-to-nearest result wherever that is better.
+weighted error (quant/search.py); per group it is never worse than MLX's round-to-nearest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import MlxEdgeError
 from . import affine
 from .recipes import Recipe, Target, is_matrix
+from .search import dequantize, dequantized_search, quantize_search
 
 SCALE_BITS = 16  # scales and biases are stored in float16 or bfloat16
 OPTIONS = tuple((b, g) for b in affine.BITS for g in affine.GROUP_SIZES)
-SHRINK = (0.95, 0.9, 0.85, 0.8, 0.7)  # range fractions tried per group (1.0 is MLX's own choice)
-BLOCK_ROWS = 8192  # rows quantized at a time (bounds memory on large embeddings)
 
 
 def option_cost(numel: int, bits: int, group: int) -> int:
@@ -54,104 +57,6 @@ def valid_options(shape: tuple) -> list[tuple[int, int]]:
 
 def option_name(bits: int, group: int) -> str:
     return f"{bits}g{group}"
-
-
-# -- quantization: weighted search over scale and bias per group ---------------------------------
-
-def _stored(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """(array as stored, its float32 value) for scales/biases in `dtype`."""
-    from ..formats.bundle import from_bf16_bits, to_bf16_bits
-
-    if dtype == "bfloat16":
-        bits = to_bf16_bits(x)
-        return bits, from_bf16_bits(bits)
-    if dtype == "float16":
-        h = x.astype(np.float16)
-        return h, h.astype(np.float32)
-    return x.astype(np.float32), x.astype(np.float32)
-
-
-def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray | None = None,
-                    scale_dtype: str = "float16", refits: int = 2) -> affine.Affine:
-    """MLX affine quantization minimizing Σ_j importance_j (w_j - ŵ_j)² per group.
-
-    Starts from MLX's round-to-nearest (`affine.quantize`, bit-identical to mx.quantize), tries
-    shrunken ranges (clipping outliers buys finer steps for the rest), then refits scale and bias
-    by weighted least squares for the chosen levels; per group the best candidate wins, so the
-    result is never worse than MLX's own.
-    """
-    w = np.asarray(w, dtype=np.float32)
-    if len(w) > BLOCK_ROWS:
-        parts = [quantize_search(w[i: i + BLOCK_ROWS], bits, group, importance, scale_dtype, refits)
-                 for i in range(0, len(w), BLOCK_ROWS)]
-        return affine.Affine(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("q", "scales", "biases")),
-                             bits, group)
-    rows, cols = w.shape
-    x = w.reshape(rows, cols // group, group)  # (rows, groups, group)
-    imp = np.ones(cols, np.float32) if importance is None else np.asarray(importance, np.float32)
-    imp = (imp + 1e-6 * max(float(imp.mean()), 1e-30)).reshape(1, cols // group, group)
-    top = np.float32((1 << bits) - 1)
-
-    best = affine.quantize(w, bits, group, scale_dtype)
-    q = best.q.reshape(x.shape).astype(np.float32)
-    scales, biases = best.scales.copy(), best.biases.copy()
-    s0, b0 = _value(scales, scale_dtype), _value(biases, scale_dtype)
-    err = np.sum(imp * (q * s0[..., None] + b0[..., None] - x) ** 2, axis=-1)  # (rows, groups)
-
-    def consider(s: np.ndarray, b: np.ndarray) -> None:
-        nonlocal err
-        s_st, s_f = _stored(s, scale_dtype)
-        b_st, b_f = _stored(b, scale_dtype)
-        safe = np.where(s_f == 0, np.float32(1), s_f)
-        qc = np.clip(np.rint((x - b_f[..., None]) / safe[..., None]), 0, top)
-        qc = np.where((s_f == 0)[..., None], 0, qc)
-        e = np.sum(imp * (qc * s_f[..., None] + b_f[..., None] - x) ** 2, axis=-1)
-        better = e < err
-        if better.any():
-            q[better], scales[better], biases[better] = qc[better], s_st[better], b_st[better]
-            err = np.where(better, e, err)
-
-    lo, hi = x.min(-1), x.max(-1)
-    mid, half = (hi + lo) / 2, (hi - lo) / 2
-    for frac in SHRINK:
-        s = np.maximum(2 * half * frac / top, np.float32(1e-7))
-        consider(s, mid - half * frac)
-    for _ in range(refits):  # weighted least squares for (scale, bias) given the current levels
-        s_f = _value(scales, scale_dtype)
-        sw, swq = imp.sum(-1), (imp * q).sum(-1)
-        swqq, swx, swqx = (imp * q * q).sum(-1), (imp * x).sum(-1), (imp * q * x).sum(-1)
-        det = sw * swqq - swq * swq
-        ok = det > 1e-12 * np.maximum(sw * swqq, 1e-30)
-        det = np.where(ok, det, 1)
-        s = np.where(ok, (sw * swqx - swq * swx) / det, s_f)
-        b = np.where(ok, (swqq * swx - swq * swqx) / det, _value(biases, scale_dtype))
-        consider(s.astype(np.float32), b.astype(np.float32))
-    return affine.Affine(q.reshape(rows, cols).astype(np.uint8), scales, biases, bits, group)
-
-
-def _bf16_value(x: np.ndarray) -> np.ndarray:
-    from ..formats.bundle import from_bf16_bits
-
-    return from_bf16_bits(x)
-
-
-def _value(stored: np.ndarray, dtype: str) -> np.ndarray:
-    return _bf16_value(stored) if dtype == "bfloat16" else stored.astype(np.float32)
-
-
-def dequantize(aff: affine.Affine) -> np.ndarray:
-    """float32 values of `aff`, bfloat16 scales/biases (uint16 bit patterns) included."""
-    dtype = "bfloat16" if aff.scales.dtype == np.uint16 else "float32"
-    return affine.dequantize_unpacked(aff.q, _value(aff.scales, dtype), _value(aff.biases, dtype), aff.group_size)
-
-
-def dequantized_search(w, bits, group, importance=None, scale_dtype="float16") -> np.ndarray:
-    return dequantize(quantize_search(w, bits, group, importance, scale_dtype))
-
-
-def dequantized_rtn(w, bits, group, importance=None, scale_dtype="float16") -> np.ndarray:
-    """MLX's round-to-nearest (mx.quantize), dequantized."""
-    return dequantize(affine.quantize(w, bits, group, scale_dtype))
 
 
 # -- damage and allocation ------------------------------------------------------------------------
@@ -237,14 +142,25 @@ def allocate(costs: list[list[int]], damages: list[list[float]], budget: int) ->
 
 # -- the recipe --------------------------------------------------------------------------------
 
-_CACHE: dict[tuple, tuple] = {}  # calibration + damage table per (source, calibration settings)
+@dataclass
+class Analysis:
+    """Calibration and damage table for one source (shared by every budget)."""
+
+    table: dict  # name -> {"numel", "options", "costs", "damages", "importance"}; no options: float
+    meta: dict  # what the calibration used, for mlxedge.json
+    directory: Path  # the bundle the NumPy backend ran
+    chunks: list  # the probe chunks (token ids)
+    positions: int
+    dtype: str  # scale/bias dtype
+    keepalive: object = None  # a temporary directory, when the source had to be converted first
+
+
+_CACHE: dict[tuple, Analysis] = {}  # per (source, calibration settings)
 
 
 def _bundle_dir(source):
     """A directory the NumPy backend can load with the source's values: GGUF via the model cache,
     HF checkpoints and bundles as they are, anything else converted with `keep` into a temp dir."""
-    from pathlib import Path
-
     if source.format == "gguf":
         from ..modelcache import cached_bundle
 
@@ -261,12 +177,12 @@ def _bundle_dir(source):
 
 def analyze(source, calib: str | None = None, seed: int = 0, tokens: int = 512, ctx: int = 256,
             probe_chunks: int = 1, positions: int = 64, max_rows: int = 256,
-            show_progress: bool = False) -> tuple[dict, dict]:
-    """Calibrate on `source` and tabulate damage per tensor and option.
+            show_progress: bool = False) -> Analysis:
+    """Calibrate on `source` and tabulate damage per tensor and option (cached per source).
 
-    Returns (table, meta): table[name] = {"numel", "options", "costs", "damages", "importance"}
-    (an empty "options" list marks a tensor stored as float); meta describes the calibration.
-    `calib` is a text file (default: mlxedge.texts.calibration_text()).
+    `calib` is a text file (default: mlxedge.texts.calibration_text()); `seed` picks its windows;
+    `tokens` in windows of `ctx` feed the input moments, the first `probe_chunks` windows the
+    probes (KL at `positions` positions each); damages are estimated on `max_rows` sampled rows.
     """
     from .. import texts
     from ..calibrate import calibrate, calibration_chunks
@@ -286,16 +202,11 @@ def analyze(source, calib: str | None = None, seed: int = 0, tokens: int = 512, 
         return _CACHE[key]
     dtype = source.float_dtype if source.float_dtype in ("float16", "bfloat16") else "float16"
     directory, tmp = _bundle_dir(source)
-    try:
-        chunks = calibration_chunks(directory, text, tokens, ctx, seed)
-        cal = calibrate(directory, chunks, lambda w, b, g, imp: dequantized_search(w, b, g, imp, dtype),
-                        positions=positions, probe_chunks=probe_chunks, show_progress=show_progress)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    chunks = calibration_chunks(directory, text, tokens, ctx, seed)
+    cal = calibrate(directory, chunks, lambda w, b, g, imp: dequantized_search(w, b, g, imp, dtype),
+                    positions=positions, probe_chunks=probe_chunks, show_progress=show_progress)
     table = {}
-    stream = list(source.tensors())
-    for t in progress(stream, desc="damage", unit="tensor", disable=not show_progress):
+    for t in progress(list(source.tensors()), desc="damage", unit="tensor", disable=not show_progress):
         opts = valid_options(t.shape) if is_matrix(t.name, t.shape) else []
         if not opts:
             table[t.name] = {"numel": t.numel, "options": [], "costs": [], "damages": [], "importance": None}
@@ -311,12 +222,14 @@ def analyze(source, calib: str | None = None, seed: int = 0, tokens: int = 512, 
                          "costs": [option_cost(t.numel, b, g) for b, g in opts], "damages": damages}
     meta = {"text": calib or "mlxedge.texts.calibration_text()", "seed": seed, "tokens": cal.tokens,
             "ctx": ctx, "probe_positions": cal.positions, "rows_sampled": max_rows}
-    _CACHE[key] = (table, meta)
-    return table, meta
+    _CACHE[key] = Analysis(table, meta, directory, chunks[:probe_chunks], positions, dtype, tmp)
+    return _CACHE[key]
 
 
-def plan(table: dict, target: float) -> tuple[dict, dict]:
-    """-> ({name: (bits, group) or None for float}, summary) for a `target` bits-per-weight budget."""
+def plan(table: dict, target: float, scale: dict[str, float] | None = None) -> tuple[dict, dict]:
+    """-> ({name: (bits, group) or None for float}, summary) for a `target` bits-per-weight budget.
+
+    `scale` multiplies the damages of some tensors (see `refine`)."""
     names = list(table)
     n_params = sum(table[n]["numel"] for n in names)
     fixed = sum(table[n]["numel"] * SCALE_BITS for n in names if not table[n]["options"])
@@ -326,15 +239,60 @@ def plan(table: dict, target: float) -> tuple[dict, dict]:
     if budget < least:
         raise MlxEdgeError(f"--target-bpw {target} is below the smallest size possible for this model "
                            f"({(least + fixed) / n_params:.3f} bits per weight)")
-    choice = allocate([table[n]["costs"] for n in quant], [table[n]["damages"] for n in quant], budget)
+    scale = scale or {}
+    damages = [[d * scale.get(n, 1.0) for d in table[n]["damages"]] for n in quant]
+    choice = allocate([table[n]["costs"] for n in quant], damages, budget)
     out = {n: None for n in names if not table[n]["options"]}
     bits = fixed
     damage = 0.0
-    for n, i in zip(quant, choice):
+    for k, (n, i) in enumerate(zip(quant, choice)):
         out[n] = table[n]["options"][i]
         bits += table[n]["costs"][i]
-        damage += table[n]["damages"][i]
+        damage += damages[k][i]
     return out, {"target_bpw": target, "bpw": bits / n_params, "predicted_kl": damage, "parameters": n_params}
+
+
+def _fingerprint(w: np.ndarray) -> str:
+    return hashlib.blake2b(memoryview(np.ascontiguousarray(w, dtype=np.float32)).cast("B"),
+                           digest_size=16).hexdigest()
+
+
+def refine(an: Analysis, target: float, memo: dict, show_progress: bool = False) -> tuple[dict, dict]:
+    """Plan, then correct the plan with measured joint damage, and measure the result.
+
+    Per-tensor damages add up well within the transformer blocks' group and within the
+    embedding/head group, but errors in many blocks compound, so the blocks' sum underestimates
+    their joint KL more than the embedding's does. One round: quantize per the plan, measure the
+    KL of the blocks quantized together and of the embedding/head quantized together, scale each
+    group's damages by measured / predicted, plan again. The final plan's joint KL on the
+    calibration text is recorded as `calibration_kl`. `memo` keeps the quantized tensors, keyed
+    by (name, option), for the conversion."""
+    from ..calibrate import EMBED, Instrumented, joint_kl
+
+    net = Instrumented(an.directory)
+
+    def quantized(name: str, opt: tuple[int, int]) -> tuple[str, np.ndarray]:
+        if (name, opt) not in memo:
+            w = net.weight(name)
+            memo[(name, opt)] = (_fingerprint(w), quantize_search(w, *opt, an.table[name]["importance"], an.dtype))
+        return name, dequantize(memo[(name, opt)][1])
+
+    def weights(choice: dict, names) -> object:
+        return (quantized(n, choice[n]) for n in names if choice.get(n) is not None)
+
+    head = {EMBED, net.head_name}
+    blocks = [n for n in net.names() if n not in head]
+    choice, summary = plan(an.table, target)
+    predicted = {g: sum(an.table[n]["damages"][an.table[n]["options"].index(choice[n])] for n in names)
+                 for g, names in (("blocks", blocks), ("embedding", head))}
+    measured = dict(zip(predicted, joint_kl(an.directory, an.chunks, [weights(choice, blocks), weights(choice, head)],
+                                            an.positions, net)))
+    factor = {g: measured[g] / predicted[g] if predicted[g] > 0 and measured[g] > 0 else 1.0 for g in predicted}
+    scale = {n: factor["blocks"] for n in blocks} | {n: factor["embedding"] for n in head}
+    choice, summary = plan(an.table, target, scale)
+    (final,) = joint_kl(an.directory, an.chunks, [weights(choice, net.names())], an.positions, net)
+    summary.update(calibration_kl=final, joint_factors=factor)
+    return choice, summary
 
 
 def target_bpw(source, target: float, calib: str | None = None, seed: int = 0, show_progress: bool = True,
@@ -343,21 +301,24 @@ def target_bpw(source, target: float, calib: str | None = None, seed: int = 0, s
 
     The returned function carries `.quantize(name, w, target) -> Affine` (used by convert) and
     `.info` (the allocation, for mlxedge.json)."""
-    table, meta = analyze(source, calib, seed, show_progress=show_progress, **calibration)
-    choice, summary = plan(table, target)
-    dtype = source.float_dtype if source.float_dtype in ("float16", "bfloat16") else "float16"
+    an = analyze(source, calib, seed, show_progress=show_progress, **calibration)
+    memo: dict = {}
+    choice, summary = refine(an, target, memo, show_progress)
 
     def recipe(name: str, shape: tuple, src_type: str) -> Target:
         opt = choice.get(name)
         if opt is None:
-            return Target("float", dtype)
-        return Target("affine", dtype, *opt)
+            return Target("float", an.dtype)
+        return Target("affine", an.dtype, *opt)
 
     def quantize(name: str, w: np.ndarray, t: Target) -> affine.Affine:
-        return quantize_search(w, t.bits, t.group_size, table[name]["importance"], t.dtype)
+        done = memo.pop((name, (t.bits, t.group_size)), None)
+        if done is not None and t.dtype == an.dtype and done[0] == _fingerprint(w):
+            return done[1]  # quantized already while refining the plan, from these same values
+        return quantize_search(w, t.bits, t.group_size, an.table[name]["importance"], t.dtype)
 
     recipe.__name__ = f"bpw{target:g}"
     recipe.quantize = quantize
-    recipe.info = {**summary, "calibration": meta,
+    recipe.info = {**summary, "calibration": an.meta,
                    "allocation": {n: option_name(*o) for n, o in choice.items() if o is not None}}
     return recipe

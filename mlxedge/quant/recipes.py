@@ -61,6 +61,10 @@ RECIPES: dict[str, Recipe] = {
     "f32": floating("float32"),
     "q4": uniform(4),
     "q8": uniform(8),
+    "q2": uniform(2),
+    "q3": uniform(3),
+    "q5": uniform(5),
+    "q6": uniform(6),
 }
 
 

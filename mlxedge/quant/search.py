@@ -1,0 +1,114 @@
+"""MLX affine quantization with scale and bias searched per group to minimize a weighted error.
+
+The format is MLX's (same packing, same dequantization w = scale * q + bias); only the choice of
+scale, bias and levels differs from mx.quantize's round-to-nearest over the full range:
+shrunken ranges are tried (clipping a few outliers buys a finer step for the rest), then
+weighted least-squares refits of (scale, bias) for the chosen levels. The weight of input column
+j is its importance (E[x_j²] from calibration), as in llama.cpp's imatrix quantization. Per
+group the best candidate wins, MLX's own result included, so the error is never worse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import affine
+
+SHRINK = (0.95, 0.9, 0.85, 0.8, 0.7)  # range fractions tried per group (1.0 is MLX's own choice)
+BLOCK_ROWS = 8192  # rows quantized at a time (bounds memory on large embeddings)
+
+
+def _stored(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(array as stored, its float32 value) for scales/biases in `dtype`."""
+    from ..formats.bundle import from_bf16_bits, to_bf16_bits
+
+    if dtype == "bfloat16":
+        bits = to_bf16_bits(x)
+        return bits, from_bf16_bits(bits)
+    if dtype == "float16":
+        h = x.astype(np.float16)
+        return h, h.astype(np.float32)
+    return x.astype(np.float32), x.astype(np.float32)
+
+
+def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray | None = None,
+                    scale_dtype: str = "float16", refits: int = 2) -> affine.Affine:
+    """MLX affine quantization minimizing Σ_j importance_j (w_j - ŵ_j)² per group.
+
+    Starts from MLX's round-to-nearest (`affine.quantize`, bit-identical to mx.quantize), tries
+    shrunken ranges (clipping outliers buys finer steps for the rest), then refits scale and bias
+    by weighted least squares for the chosen levels; per group the best candidate wins, so the
+    result is never worse than MLX's own.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if len(w) > BLOCK_ROWS:
+        parts = [quantize_search(w[i: i + BLOCK_ROWS], bits, group, importance, scale_dtype, refits)
+                 for i in range(0, len(w), BLOCK_ROWS)]
+        return affine.Affine(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("q", "scales", "biases")),
+                             bits, group)
+    rows, cols = w.shape
+    x = w.reshape(rows, cols // group, group)  # (rows, groups, group)
+    imp = np.ones(cols, np.float32) if importance is None else np.asarray(importance, np.float32)
+    imp = (imp + 1e-6 * max(float(imp.mean()), 1e-30)).reshape(1, cols // group, group)
+    top = np.float32((1 << bits) - 1)
+
+    best = affine.quantize(w, bits, group, scale_dtype)
+    q = best.q.reshape(x.shape).astype(np.float32)
+    scales, biases = best.scales.copy(), best.biases.copy()
+    s0, b0 = _value(scales, scale_dtype), _value(biases, scale_dtype)
+    err = np.sum(imp * (q * s0[..., None] + b0[..., None] - x) ** 2, axis=-1)  # (rows, groups)
+
+    def consider(s: np.ndarray, b: np.ndarray) -> None:
+        nonlocal err
+        s_st, s_f = _stored(s, scale_dtype)
+        b_st, b_f = _stored(b, scale_dtype)
+        safe = np.where(s_f == 0, np.float32(1), s_f)
+        qc = np.clip(np.rint((x - b_f[..., None]) / safe[..., None]), 0, top)
+        qc = np.where((s_f == 0)[..., None], 0, qc)
+        e = np.sum(imp * (qc * s_f[..., None] + b_f[..., None] - x) ** 2, axis=-1)
+        better = e < err
+        if better.any():
+            q[better], scales[better], biases[better] = qc[better], s_st[better], b_st[better]
+            err = np.where(better, e, err)
+
+    lo, hi = x.min(-1), x.max(-1)
+    mid, half = (hi + lo) / 2, (hi - lo) / 2
+    for frac in SHRINK:
+        s = np.maximum(2 * half * frac / top, np.float32(1e-7))
+        consider(s, mid - half * frac)
+    for _ in range(refits):  # weighted least squares for (scale, bias) given the current levels
+        s_f = _value(scales, scale_dtype)
+        sw, swq = imp.sum(-1), (imp * q).sum(-1)
+        swqq, swx, swqx = (imp * q * q).sum(-1), (imp * x).sum(-1), (imp * q * x).sum(-1)
+        det = sw * swqq - swq * swq
+        ok = det > 1e-12 * np.maximum(sw * swqq, 1e-30)
+        det = np.where(ok, det, 1)
+        s = np.where(ok, (sw * swqx - swq * swx) / det, s_f)
+        b = np.where(ok, (swqq * swx - swq * swqx) / det, _value(biases, scale_dtype))
+        consider(s.astype(np.float32), b.astype(np.float32))
+    return affine.Affine(q.reshape(rows, cols).astype(np.uint8), scales, biases, bits, group)
+
+
+def _bf16_value(x: np.ndarray) -> np.ndarray:
+    from ..formats.bundle import from_bf16_bits
+
+    return from_bf16_bits(x)
+
+
+def _value(stored: np.ndarray, dtype: str) -> np.ndarray:
+    return _bf16_value(stored) if dtype == "bfloat16" else stored.astype(np.float32)
+
+
+def dequantize(aff: affine.Affine) -> np.ndarray:
+    """float32 values of `aff`, bfloat16 scales/biases (uint16 bit patterns) included."""
+    dtype = "bfloat16" if aff.scales.dtype == np.uint16 else "float32"
+    return affine.dequantize_unpacked(aff.q, _value(aff.scales, dtype), _value(aff.biases, dtype), aff.group_size)
+
+
+def dequantized_search(w, bits, group, importance=None, scale_dtype="float16") -> np.ndarray:
+    return dequantize(quantize_search(w, bits, group, importance, scale_dtype))
+
+
+def dequantized_rtn(w, bits, group, importance=None, scale_dtype="float16") -> np.ndarray:
+    """MLX's round-to-nearest (mx.quantize), dequantized."""
+    return dequantize(affine.quantize(w, bits, group, scale_dtype))
