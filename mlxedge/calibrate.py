@@ -9,6 +9,7 @@ Two measurements per quantizable matrix, both on the source model in float32:
    puts layers on one scale: the same output error costs more in some layers than in others.
 
 A tied embedding has two uses, probed apart: the lookup (rows weighted alike) and the output head.
+`joint_kl` measures sets of replaced weights together (a whole quantization plan, or part of it).
 Calibration text: `mlxedge.texts.calibration_text()` (package documentation, held out from the
 evaluation text) unless a file is given; windows are drawn from it with a seeded generator.
 """

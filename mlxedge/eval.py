@@ -185,7 +185,7 @@ def markdown_table(results: list[dict], names: list[str] | None = None) -> str:
         head += ["KL mean", "KL p99", "top-1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(results):
-        row = [names[i] if names else r["model"], f"{r['size_bytes'] / 1e6:.1f}",
+        row = [names[i] if names else r["model"], f"{r['size_bytes'] / 1e6:.2f}",
                f"{r['bits_per_weight']:.3f}", f"{r['perplexity']:.3f}"]
         if has_ref:
             row += [f"{r['kl_mean']:.4f}", f"{r['kl_p99']:.4f}", f"{100 * r['top1']:.1f}%"] \
