@@ -95,3 +95,15 @@ def test_rejects_what_mlx_rejects():
         affine.quantize(np.zeros((2, 48), np.float32), 4, 32)
     with pytest.raises(ValueError):
         affine.quantize(w, 4, 32, scale_dtype="int8")
+
+
+def test_bfloat16_scales_dequantize_like_mlx():
+    """bfloat16 scales travel as uint16 bit patterns; dequantizing must read them as floats."""
+    mx = pytest.importorskip("mlx.core")
+    from mlxedge.formats.bundle import from_bf16_bits, to_bf16_bits
+
+    w = from_bf16_bits(to_bf16_bits(np.random.default_rng(3).standard_normal((8, 128))))  # bf16 values
+    ours = affine.quantize(w, 4, 32, scale_dtype="bfloat16")
+    wq, s, b = mx.quantize(mx.array(w, dtype=mx.bfloat16), group_size=32, bits=4)
+    ref = np.array(mx.dequantize(wq, s.astype(mx.float32), b.astype(mx.float32), group_size=32, bits=4))
+    assert np.array_equal(ours.dequantize(), ref)

@@ -70,9 +70,16 @@ def dequantize_unpacked(q, scales, biases, group_size: int) -> np.ndarray:
     """float32 (..., n) = scale * q + bias, scales/biases upcast to float32 first."""
     *lead, n = q.shape
     g = q.reshape(*lead, n // group_size, group_size).astype(np.float32)
-    s = np.asarray(scales, dtype=np.float32)[..., None]
-    b = np.asarray(biases, dtype=np.float32)[..., None]
+    s, b = _float32(scales)[..., None], _float32(biases)[..., None]
     return (g * s + b).reshape(*lead, n)
+
+
+def _float32(x) -> np.ndarray:
+    """Scales/biases as float32; uint16 arrays are bfloat16 bit patterns."""
+    x = np.asarray(x)
+    if x.dtype == np.uint16:
+        return (x.astype(np.uint32) << 16).view(np.float32)
+    return x.astype(np.float32)
 
 
 def dequantize(w, scales, biases, bits: int, group_size: int) -> np.ndarray:
