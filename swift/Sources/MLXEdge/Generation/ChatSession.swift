@@ -33,20 +33,7 @@ public actor ChatSession {
 
     /// The reply as it is produced.
     public nonisolated func streamResponse(to prompt: String) -> AsyncThrowingStream<String, Error> {
-        AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    try await self.respond(to: prompt) { piece in
-                        if case .terminated = continuation.yield(piece) { return false }
-                        return !Task.isCancelled
-                    }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+        pieceStream { emit in try await self.respond(to: prompt, onText: emit) }
     }
 
     /// Forget the conversation (the system instructions stay).

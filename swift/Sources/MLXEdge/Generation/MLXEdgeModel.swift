@@ -83,20 +83,8 @@ public actor MLXEdgeModel {
     public nonisolated func stream(prompt: String, parameters: GenerateParameters = GenerateParameters())
         -> AsyncThrowingStream<String, Error>
     {
-        AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    let tokens = try self.encode(prompt)
-                    try await self.generate(tokens: tokens, parameters: parameters) { piece in
-                        if case .terminated = continuation.yield(piece) { return false }
-                        return !Task.isCancelled
-                    }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
+        pieceStream { emit in
+            try await self.generate(tokens: try self.encode(prompt), parameters: parameters, onText: emit)
         }
     }
 }
