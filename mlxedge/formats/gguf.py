@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import MlxEdgeError
 from ..quant import ggml
 from .gguf_file import TensorInfo, read_header
-from .gguf_arch import IGNORED, NORM_PLUS_ONE, PERMUTED_QK, hf_config, mlx_name
+from .gguf_arch import BLOCK, IGNORED, MODEL_TYPE, NORM_PLUS_ONE, PERMUTED_QK, hf_config, mlx_name
 from .source import Source, SourceTensor
 
 _SPLIT = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
@@ -61,8 +61,6 @@ def read_gguf(path: str | Path) -> Source:
     arch = meta.get("general.architecture")
     if arch is None:
         raise MlxEdgeError(f"{path} has no general.architecture")
-    from .gguf_arch import MODEL_TYPE
-
     if arch not in MODEL_TYPE:
         raise MlxEdgeError(f"unsupported architecture {arch!r} in {path.name} "
                            f"(supported: {', '.join(MODEL_TYPE)})")
@@ -137,8 +135,6 @@ def _sort_key(name: str):
 
 def _check_complete(arch: str, config: dict, have: set[str]) -> None:
     """Every parameter mlx-lm will ask for is there (lm_head only when untied)."""
-    from .gguf_arch import BLOCK
-
     need = {"model.embed_tokens.weight", "model.norm.weight"}
     if not config["tie_word_embeddings"]:
         need.add("lm_head.weight")
