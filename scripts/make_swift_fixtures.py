@@ -2,8 +2,9 @@
 
 Every golden comes from an independent Python implementation: token ids from Hugging Face
 `tokenizers`, chat renderings from jinja2 the way transformers renders templates, logits from
-mlx-lm. Small files go to swift/Tests/MLXEdgeTests/Fixtures (committed); real-model bundles
-go to swift/Generated (ignored; the real-model tests skip when it is absent).
+mlx-lm. Small files go to swift/Tests/MLXEdgeTests/Fixtures (committed), the tiny bundles to
+tests/goldens/tiny (committed, also read by pytest's tests/test_tiny_goldens.py); real-model
+bundles go to swift/Generated (ignored; the real-model tests skip when it is absent).
 
     .venv/bin/python scripts/make_swift_fixtures.py [--only tokenizers,templates,sampling,tiny,real]
 """
@@ -17,8 +18,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run from a checkout; tests/ for tiny_models
 FIXTURES = ROOT / "swift" / "Tests" / "MLXEdgeTests" / "Fixtures"
+TINY_DIR = ROOT / "tests" / "goldens" / "tiny"
 GENERATED = ROOT / "swift" / "Generated"
 SITE = Path(json.__file__).parent  # stdlib; site-packages is found below
 TRAIN_TEXTS = ("pydantic-*.dist-info/METADATA", "tqdm-*.dist-info/METADATA")
@@ -548,13 +550,14 @@ def make_templates(out: Path) -> list[str]:
     import gguf
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    from mlxedge import assets, testing
+    import tiny_models
+    from mlxedge import assets
     from mlxedge.formats import gguf_tokenizer
 
     reader = gguf.GGUFReader(str(assets.smollm2_gguf()))
     field = reader.fields["tokenizer.chat_template"]
     templates = {
-        "chatml_tiny": testing.CHATML_TEMPLATE,
+        "chatml_tiny": tiny_models.CHATML_TEMPLATE,
         "smollm2": bytes(field.parts[field.data[0]]).decode("utf-8"),
         "gemma_gguf": gguf_tokenizer.GEMMA_CHAT_TEMPLATE,
         "gemma3": GEMMA3, "llama3": LLAMA3, "llama3_2": LLAMA3_2, "phi3": PHI3,
@@ -656,26 +659,26 @@ PREFILL = 7      # the Swift test prefills this many tokens, then decodes the re
 GENERATE = 8     # greedy tokens after TOKENS
 
 
-def make_tiny(out: Path) -> list[str]:
-    """Tiny random bundles (mlxedge.testing.tiny_bundle) with mlx-lm logits as goldens."""
+def make_tiny(root: Path) -> list[str]:
+    """Tiny random bundles (tests/tiny_models.py) in `root`, with mlx-lm logits as goldens:
+    golden_logits.f32 = (len(TOKENS), vocab) little-endian float32, row-major."""
     import mlx.core as mx
     import numpy as np
     from mlx_lm import load
     from mlx_lm.generate import generate_step
-    from mlxedge import testing
+    import tiny_models
 
     names = []
-    root = out / "tiny"
     shutil.rmtree(root, ignore_errors=True)
     for name, arch, kwargs in TINY:
         kwargs = dict(kwargs)
         if kwargs.get("quantize") == "MIXED":
-            kwargs["quantize"] = testing.MIXED
+            kwargs["quantize"] = tiny_models.MIXED
         # Smaller than tiny_bundle's default so the committed fixtures stay small.
         kwargs.setdefault("vocab_size", 272)
         if "quantize" not in kwargs:
             kwargs.update(hidden_size=32, intermediate_size=64)
-        d = testing.tiny_bundle(arch, root / name, seed=len(names), **kwargs)
+        d = tiny_models.tiny_bundle(arch, root / name, seed=len(names), **kwargs)
         model, _ = load(str(d))
         model.set_dtype(mx.float32)  # the same weights, computed in float32 like the Swift runtime
         logits = model(mx.array(TOKENS)[None])[0].astype(mx.float32)  # (T, vocab)
@@ -776,7 +779,7 @@ def main() -> int:
     if "sampling" in parts:
         print("sampling cases:", make_sampling(FIXTURES))
     if "tiny" in parts:
-        print("tiny bundles:", ", ".join(make_tiny(FIXTURES)))
+        print("tiny bundles:", ", ".join(make_tiny(TINY_DIR)))
     if "real" in parts:
         print("real models:", ", ".join(make_real(GENERATED)) or "none")
     return 0

@@ -27,7 +27,7 @@ def run_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> su
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     pytest.importorskip("mlx_lm")
-    from mlxedge.testing import tiny_bundle
+    from tiny_models import tiny_bundle
 
     return tiny_bundle("llama", tmp_path_factory.mktemp("cli") / "tiny")
 

@@ -30,7 +30,7 @@ TEXT = ("It is a truth universally acknowledged, that a single man in possession
 def models(tmp_path_factory):
     pytest.importorskip("mlx_lm")
     from mlxedge.convert import convert
-    from mlxedge.testing import tiny_bundle
+    from tiny_models import tiny_bundle
 
     root = tmp_path_factory.mktemp("eval")
     ref = tiny_bundle("qwen2", root / "ref")
@@ -118,7 +118,7 @@ def test_cli_errors(models, tmp_path, capsys):
     ref, q = models
     assert cli.main(["eval", str(q), "--text", str(tmp_path / "nope.txt")]) == 1
     assert "cannot read --text" in capsys.readouterr().err
-    from mlxedge.testing import tiny_bundle
+    from tiny_models import tiny_bundle
 
     other = tiny_bundle("qwen2", tmp_path / "other", vocab_size=384)
     assert cli.main(["eval", str(q), "--reference", str(other), "--text", str(tmp_path / "t.txt")]) == 1

@@ -16,7 +16,7 @@ mx = pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
 import mlxedge  # noqa: E402
-from mlxedge.testing import tiny_bundle  # noqa: E402
+from tiny_models import tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def test_bf16_checkpoint_with_stray_tensors(tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_bundle_keep_is_lossless(tmp_path, dtype):
     pytest.importorskip("mlx_lm")
-    from mlxedge.testing import MIXED, tiny_bundle
+    from tiny_models import MIXED, tiny_bundle
 
     src = tiny_bundle("llama", tmp_path / "src", quantize=MIXED, dtype=dtype)
     source = open_source(src)
@@ -109,7 +109,7 @@ def test_bundle_keep_is_lossless(tmp_path, dtype):
 def test_bundle_requantize(tmp_path):
     """A 4-bit bundle re-quantized at 8 bits keeps the 4-bit model's outputs (8-bit error is tiny)."""
     pytest.importorskip("mlx_lm")
-    from mlxedge.testing import tiny_bundle
+    from tiny_models import tiny_bundle
 
     src = tiny_bundle("qwen2", tmp_path / "src", quantize={"bits": 4, "group_size": 32})
     out = convert(src, tmp_path / "q8", quant="q8", show_progress=False)

@@ -28,12 +28,10 @@ from mlxedge.quant import mixed, recipes, search
 def test_mixed_recipes_match_mlx_lm_predicate(arch, name):
     pytest.importorskip("mlx_lm")
     from mlx_lm.convert import mixed_quant_predicate_builder
-    from mlx_lm.utils import _get_classes
-
-    from mlxedge.testing import _COMMON, CONFIGS
+    from tiny_models import _COMMON, CONFIGS, model_classes
 
     config = {**_COMMON, **CONFIGS[arch], "num_hidden_layers": 17}  # 17 // 8 = 2: all rule branches
-    model_class, args_class = _get_classes(config)
+    model_class, args_class = model_classes(config)
     model = model_class(args_class.from_dict(config))
     theirs = mixed_quant_predicate_builder(name, model, 64)
     ours = recipes.get(name, source=SimpleNamespace(config=config, float_dtype="float16"))
@@ -161,7 +159,7 @@ def test_search_never_worse_than_mlx_and_stays_mlx_format(bits, group, dtype):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     pytest.importorskip("mlx_lm")
-    from mlxedge.testing import tiny_bundle
+    from tiny_models import tiny_bundle
 
     return tiny_bundle("llama", tmp_path_factory.mktemp("mixed") / "tiny")
 

@@ -34,16 +34,16 @@ def mx():
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, mx):
     """bundles(arch, quant="float", **config) -> a tiny bundle directory, built once per key."""
-    from mlxedge import testing
+    import tiny_models
 
     root, made = tmp_path_factory.mktemp("tiny"), {}
 
     def make(arch: str, quant: str = "float", dtype: str = "float32", **config) -> Path:
         key = json.dumps([arch, quant, dtype, config], sort_keys=True)
         if key not in made:
-            q = testing.MIXED if QUANT[quant] == "MIXED" else QUANT[quant]
-            made[key] = testing.tiny_bundle(arch, root / f"m{len(made)}", quantize=q, dtype=dtype,
-                                            **config)
+            q = tiny_models.MIXED if QUANT[quant] == "MIXED" else QUANT[quant]
+            made[key] = tiny_models.tiny_bundle(arch, root / f"m{len(made)}", quantize=q, dtype=dtype,
+                                                **config)
         return made[key]
 
     return make

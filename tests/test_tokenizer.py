@@ -21,7 +21,7 @@ TEXTS = ["hello world", "  leading spaces and\ttabs\n\nnew lines", "héllo wörl
 def byte_dir(tmp_path_factory) -> Path:
     """tiny_bundle's tokenizer: one token per byte, ChatML special tokens, a ChatML template."""
     pytest.importorskip("mlx_lm")
-    from mlxedge.testing import tiny_bundle
+    from tiny_models import tiny_bundle
 
     return tiny_bundle("llama", tmp_path_factory.mktemp("tok") / "m")
 

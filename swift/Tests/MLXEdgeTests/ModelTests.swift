@@ -15,9 +15,9 @@ struct TinyGolden: Decodable {
     }
 }
 
-let tinyBundles: [String] = subdirectories(fixtures.appendingPathComponent("tiny"))
+let tinyBundles: [String] = subdirectories(tinyRoot)
 
-func tinyDir(_ name: String) -> URL { fixtures.appendingPathComponent("tiny/\(name)") }
+func tinyDir(_ name: String) -> URL { tinyRoot.appendingPathComponent(name) }
 
 func goldenLogits(_ dir: URL) throws -> [Float] {
     let data = try Data(contentsOf: dir.appendingPathComponent("golden_logits.f32"))

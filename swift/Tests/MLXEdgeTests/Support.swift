@@ -3,9 +3,14 @@ import Foundation
 
 /// Committed fixtures written by scripts/make_swift_fixtures.py.
 let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+/// swift/ (this file is swift/Tests/MLXEdgeTests/Support.swift).
+let swiftRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent()
+/// Tiny bundles with mlx-lm goldens, also written by the script and shared with pytest
+/// (tests/test_tiny_goldens.py).
+let tinyRoot = swiftRoot.deletingLastPathComponent().appendingPathComponent("tests/goldens/tiny")
 /// Big generated fixtures (real-model bundles); absent unless the script was run with `real`.
-let generated = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Generated")
+let generated = swiftRoot.appendingPathComponent("Generated")
 
 func exists(_ url: URL) -> Bool { FileManager.default.fileExists(atPath: url.path) }
 

@@ -3,12 +3,15 @@
 `tiny_bundle("llama", tmp_path / "m")` builds a seeded ~100k-parameter model with mlx-lm's own
 model class, optionally quantizes it the way `mlx_lm.convert` does, and saves it with a byte-level
 tokenizer so that `mlx_lm.load(dir)` works on it. mlx is imported only when a bundle is built.
+Test-only (not shipped in the package): tests import it as `tiny_models`; scripts put tests/ on
+sys.path first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import io
 import json
 from pathlib import Path
@@ -67,6 +70,13 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 256, 257, 258
 
 
+def model_classes(config: dict):
+    """-> (Model, ModelArgs) of mlx-lm for config["model_type"], found the way mlx-lm does:
+    the module mlx_lm.models.<model_type> (our archs need none of its name remappings)."""
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    return module.Model, module.ModelArgs
+
+
 def tiny_bundle(arch: str, out_dir: str | Path, *, quantize: dict | None = None, seed: int = 0,
                 dtype: str = "float32", **overrides) -> Path:
     """Build and save a tiny random `arch` model; returns `out_dir`.
@@ -79,12 +89,12 @@ def tiny_bundle(arch: str, out_dir: str | Path, *, quantize: dict | None = None,
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes, quantize_model, save_config
+    from mlx_lm.utils import quantize_model, save_config
 
     if arch not in CONFIGS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     config = {**_COMMON, **CONFIGS[arch], **overrides}
-    model_class, args_class = _get_classes(config)
+    model_class, args_class = model_classes(config)
     model = model_class(args_class.from_dict(config))
     _randomize(model, mx, seed, gemma=arch.startswith("gemma"))
     model.set_dtype(getattr(mx, dtype))
