@@ -11,9 +11,9 @@ def load(path: str, backend: str = "auto"):
     """Load a converted bundle directory or a ``.gguf`` file (converted once into the cache).
 
     ``backend`` is ``"auto"`` (MLX on Apple Silicon, else the fastest correct backend here),
-    ``"mlx"`` or ``"numpy"``. Returns a :class:`mlxedge.model.Model`.
+    ``"mlx"`` or ``"numpy"``. Returns a :class:`mlxedge.api.Model`.
     """
-    from .model import load as _load
+    from .api import load as _load
 
     return _load(path, backend=backend)
 

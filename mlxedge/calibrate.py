@@ -22,7 +22,13 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import MlxEdgeError
+from . import texts
+from .backends import numpy as np_backend
+from .backends.numpy.cache import KVCache
+from .backends.numpy.weights import Fused, Linear
+from .metrics import log_softmax, mean_kl
+from .progress import progress
+from .tokenizer import load_tokenizer
 
 EMBED = "model.embed_tokens.weight"
 # quantize(w (out, in) float32, bits, group_size, importance (in,) or None) -> dequantized w
@@ -50,19 +56,7 @@ class Calibration:
 
 def calibration_chunks(directory: str | Path, text: str, tokens: int, ctx: int, seed: int) -> list[np.ndarray]:
     """ceil(tokens / ctx) non-overlapping windows of `text`, chosen with `seed`, each led by BOS."""
-    from .tokenizer import load_tokenizer
-
-    tok = load_tokenizer(directory)
-    ids = tok.encode(text, add_special_tokens=False)
-    bos = tok.token_to_id(tok.bos_token) if tok.bos_token else None
-    lead = [bos] if bos is not None else []
-    step = ctx - len(lead)
-    if len(ids) < 2 or step < 2:
-        raise MlxEdgeError("calibration text is too short")
-    windows = max(1, len(ids) // step)
-    n = min(windows, -(-tokens // ctx))
-    starts = np.sort(np.random.default_rng(seed).choice(windows, size=n, replace=False)) * step
-    return [np.array(lead + ids[s: s + step], dtype=np.int64) for s in starts]
+    return texts.windows(load_tokenizer(directory), text, ctx, count=-(-tokens // ctx), seed=seed)
 
 
 # -- the instrumented NumPy model ---------------------------------------------------------------
@@ -82,32 +76,11 @@ class _Recorder:
         return self.inner(x)
 
 
-def _load_named(directory: Path):
-    """The NumPy model, each Linear tagged with its module path (the backend keeps no names)."""
-    from .backends import numpy as np_backend
-    from .backends.numpy.weights import Weights
-
-    original = Weights.linear
-
-    def linear(self, prefix: str):
-        lin = original(self, prefix)
-        lin.name = prefix
-        return lin
-
-    Weights.linear = linear  # only for this load; restored below
-    try:
-        return np_backend.load(directory)
-    finally:
-        Weights.linear = original
-
-
 class Instrumented:
     """A NumPy model whose linear layers record input moments and can be swapped for a probe."""
 
     def __init__(self, directory: str | Path):
-        from .backends.numpy.weights import Fused, Linear
-
-        self.model = _load_named(Path(directory))
+        self.model = np_backend.load(Path(directory))
         self.sums: dict[str, np.ndarray] = {}
         self.recorders: list[_Recorder] = []
         # weight name -> (W.T array (in, out...), column slice, block index)
@@ -118,7 +91,7 @@ class Instrumented:
                 return
             seen.add(id(obj))
             for key, val in list(vars(obj).items()):
-                if isinstance(val, Linear) and hasattr(val, "name"):
+                if isinstance(val, Linear) and val.name is not None:
                     self.slots[f"{val.name}.weight"] = (val.wt, slice(0, val.out_features), layer)
                     rec = _Recorder(val, [f"{val.name}.weight"], self.sums)
                 elif isinstance(val, Fused) and val.one is not None:
@@ -140,7 +113,7 @@ class Instrumented:
             wrap(block, i, set())
         m = self.model
         tied = m.embed.table_t is not None and m.lm_head.wt is m.embed.table_t
-        self.head_name = EMBED if tied else f"{getattr(m.lm_head, 'name', 'lm_head')}.weight"
+        self.head_name = EMBED if tied else f"{m.lm_head.name or 'lm_head'}.weight"
         self.embed_table: np.ndarray | None = None  # replacements (see `replace`)
         self.head_t: np.ndarray | None = None
         self._saved: dict[str, np.ndarray] = {}
@@ -184,40 +157,17 @@ class Instrumented:
         self._saved.clear()
         self.embed_table = self.head_t = None
 
-    # mirrors NumpyModel.forward, split so that a run can start at any block
+    # the model's own steps (NumpyModel.forward is built from them), with the replacements applied
     def embed(self, ids: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
-        m = self.model
-        table = table if table is not None else self.embed_table
-        if table is not None:
-            h = np.ascontiguousarray(table[ids])  # (T, hidden)
-        else:
-            h = m.embed(ids)
-        return h * np.float32(m.embed_scale) if m.embed_scale != 1.0 else h
+        return self.model.embed_tokens(ids, table if table is not None else self.embed_table)
 
     def blocks(self, h: np.ndarray, start: int = 0, keep: list | None = None) -> np.ndarray:
-        from .backends.numpy.cache import KVCache
-
         cache = KVCache(len(self.model.blocks))  # offset 0: the chunk is the whole sequence
-        for i in range(start, len(self.model.blocks)):
-            if keep is not None:
-                keep.append(h)
-            h = self.model.blocks[i](h, cache, i)
-        return self.model.norm(h)  # (T, hidden), the head's input
+        return self.model.norm(self.model.run_blocks(h, cache, start, keep))  # (T, hidden), the head's input
 
     def logprobs(self, hn: np.ndarray, head_t: np.ndarray | None = None) -> np.ndarray:
         """log-softmax of the logits for normed hidden states hn (P, hidden); head_t (hidden, V)."""
-        from .eval import log_softmax
-
-        head_t = head_t if head_t is not None else self.head_t
-        logits = hn @ head_t if head_t is not None else self.model.lm_head(hn)
-        if self.model.logit_softcap:
-            logits = np.tanh(logits / self.model.logit_softcap) * self.model.logit_softcap
-        return log_softmax(logits)
-
-
-def _kl(p_log: np.ndarray, q_log: np.ndarray) -> float:
-    """Mean over rows of KL(P || Q) from log-probabilities (P, V)."""
-    return float(np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=-1, dtype=np.float64)))
+        return log_softmax(self.model.head(hn, head_t if head_t is not None else self.head_t))
 
 
 def probe_option(shape: tuple, probe: tuple[int, int]) -> tuple[int, int]:
@@ -232,8 +182,6 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
               show_progress: bool = False) -> Calibration:
     """Input moments over all `chunks`; probes over the first `probe_chunks` of them, with KL
     measured at `positions` evenly spaced positions per chunk."""
-    from .progress import progress
-
     net = Instrumented(directory)
     head_sum = 0.0
     n_tokens = 0
@@ -251,7 +199,7 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
     cal = Calibration(tokens=n_tokens, positions=sum(len(c[4]) for c in cached))
 
     def measure(run) -> float:
-        return float(np.mean([_kl(c[3], run(c)) for c in cached]))
+        return float(np.mean([mean_kl(c[3], run(c)) for c in cached]))
 
     names = net.names()
     for name in progress(names, desc="probe", unit="tensor", disable=not show_progress):
@@ -299,7 +247,7 @@ def joint_kl(directory: str | Path, chunks: list[np.ndarray], variants: list, po
     for weights in variants:
         net.replace(weights)
         try:
-            out.append(float(np.mean([_kl(base, net.logprobs(net.blocks(net.embed(ids))[pos]))
+            out.append(float(np.mean([mean_kl(base, net.logprobs(net.blocks(net.embed(ids))[pos]))
                                       for ids, pos, base in runs])))
         finally:
             net.restore()

@@ -7,18 +7,15 @@ cache already holds, trims the cache to it and feeds only the tokens after it.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 from typing import Callable, Iterator, Sequence
 
-# single-threaded BLAS unless set, before NumPy loads: see the note in generate.py
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-from .errors import MlxEdgeError  # noqa: E402
-from .generation import Generation  # noqa: E402
-from .sampling import SamplingParams  # noqa: E402
+from .engine import Generation
+from .errors import MlxEdgeError
+from .generate import add_model_args, load_from_args, sampling_from_args
+from .sampling import SamplingParams
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -94,15 +91,11 @@ def _on_interrupt(stop_reply: threading.Event, signum, frame) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    from .generate import add_model_args
-
     add_model_args(p)
     p.set_defaults(max_tokens=512)
 
 
 def main(args: argparse.Namespace) -> int:
-    from .generate import load_from_args, sampling_from_args
-
     if args.no_chat_template:
         raise MlxEdgeError("chat needs the chat template (--no-chat-template is for generate)")
     model = load_from_args(args)

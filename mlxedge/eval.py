@@ -15,57 +15,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from . import modelcache, texts
+from .backends import numpy as np_backend
 from .errors import MlxEdgeError
-
-# Before NumPy loads: single-threaded BLAS is much faster on a shared box (see generate.py).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-
-ROWS = 64  # positions per block when reducing over the vocabulary (bounds the temporaries)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float32, in blocks of ROWS rows: (T, V) -> (T, V)."""
-    out = np.empty(logits.shape, dtype=np.float32)
-    for i in range(0, len(logits), ROWS):
-        x = np.asarray(logits[i: i + ROWS], dtype=np.float32)
-        m = x.max(axis=-1, keepdims=True)
-        lse = np.log(np.exp(x - m).sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
-        out[i: i + ROWS] = x - m - lse
-    return out
+from .formats.bundle import read_config
+from .formats.gguf import open_gguf
+from .metrics import ROWS, kl_rows, log_softmax, perplexity, token_nll
+from .progress import progress
+from .safetensors import stats
+from .tokenizer import load_tokenizer
 
 
 def open_model(path: str | Path, quiet: bool = True):
     """(bundle directory, NumPy model) for a converted directory or a .gguf file (via the cache)."""
-    from . import modelcache
-    from .backends import numpy as np_backend
-
     directory = modelcache.resolve(path, quiet=quiet)
     return directory, np_backend.load(directory)
 
 
 def text_chunks(directory: Path, text: str, ctx: int) -> list[np.ndarray]:
     """Token chunks of at most `ctx` tokens, each led by BOS when the tokenizer has one."""
-    from .tokenizer import load_tokenizer
-
-    tok = load_tokenizer(directory)
-    ids = tok.encode(text, add_special_tokens=False)
-    bos = tok.token_to_id(tok.bos_token) if tok.bos_token else None
-    lead = [bos] if bos is not None else []
-    step = ctx - len(lead)
-    if step < 2:
-        raise MlxEdgeError(f"context of {ctx} tokens is too short to score anything")
-    chunks = [np.array(lead + ids[i: i + step], dtype=np.int64) for i in range(0, len(ids), step)]
-    chunks = [c for c in chunks if len(c) >= 2]
-    if not chunks:
-        raise MlxEdgeError("the evaluation text is too short (fewer than 2 tokens)")
-    return chunks
+    return texts.windows(load_tokenizer(directory), text, ctx)
 
 
 def context_length(config: dict, ctx: int | None) -> int:
@@ -83,8 +58,6 @@ class Reference:
 
     @classmethod
     def build(cls, path: str | Path, chunks: list[np.ndarray], show_progress: bool = False) -> "Reference":
-        from .progress import progress
-
         _, model = open_model(path)
         out = [log_softmax(model.forward(c)[:-1])
                for c in progress(chunks, desc="reference", unit="chunk", disable=not show_progress)]
@@ -94,8 +67,6 @@ class Reference:
 def score(model, chunks: list[np.ndarray], reference: Reference | None = None,
           show_progress: bool = False) -> dict:
     """Perplexity (and KL / top-1 against `reference`) of a loaded NumPy model on token chunks."""
-    from .progress import progress
-
     nll, kl, agree = [], [], []
     ref_nll = []
     for k, ids in enumerate(progress(chunks, desc="eval", unit="chunk", disable=not show_progress)):
@@ -104,20 +75,20 @@ def score(model, chunks: list[np.ndarray], reference: Reference | None = None,
             raise MlxEdgeError(f"model and reference disagree on the vocabulary size "
                                f"({lp.shape[-1]} vs {reference.logprobs[k].shape[-1]})")
         targets = ids[1:]
-        nll.append(-lp[np.arange(len(targets)), targets].astype(np.float64))
+        nll.append(token_nll(lp, targets))
         if reference is None:
             continue
         ref = reference.logprobs[k]
-        ref_nll.append(-ref[np.arange(len(targets)), targets].astype(np.float64))
+        ref_nll.append(token_nll(ref, targets))
         for i in range(0, len(lp), ROWS):
             r, m = ref[i: i + ROWS], lp[i: i + ROWS]
-            kl.append(np.sum(np.exp(r) * (r - m), axis=-1, dtype=np.float64))
+            kl.append(kl_rows(r, m))
             agree.append(r.argmax(-1) == m.argmax(-1))
     nll = np.concatenate(nll)
-    out = {"tokens": int(nll.size), "chunks": len(chunks), "perplexity": float(np.exp(nll.mean()))}
+    out = {"tokens": int(nll.size), "chunks": len(chunks), "perplexity": perplexity(nll)}
     if reference is not None:
         kl = np.maximum(np.concatenate(kl), 0.0)  # rounding can leave -1e-9 where P == Q
-        out.update(reference_perplexity=float(np.exp(np.concatenate(ref_nll).mean())),
+        out.update(reference_perplexity=perplexity(np.concatenate(ref_nll)),
                    kl_mean=float(kl.mean()), kl_p99=float(np.percentile(kl, 99)),
                    top1=float(np.concatenate(agree).mean()))
     return out
@@ -127,41 +98,17 @@ def weight_stats(path: str | Path) -> dict:
     """size_bytes (weights on disk), parameters, bits_per_weight (stored bits / parameters)."""
     path = Path(path)
     if path.is_file():  # GGUF: the file, and its tensors' own sizes
-        from .formats.gguf import open_gguf
-
         _, tensors = open_gguf(path)
         n = sum(t.n_elements for t in tensors)
         bits = sum(t.n_bytes * 8 for t in tensors)
         return {"size_bytes": path.stat().st_size, "parameters": n, "bits_per_weight": bits / max(n, 1)}
-    from .formats.bundle import read_config
-    from .formats.hf import scan, weight_files
-
-    qcfg = read_config(path).get("quantization") or {}
-    raw = {}
-    files = weight_files(path)
-    for f in files:
-        raw.update(scan(f))
-    n = bits = 0
-    for name, r in raw.items():
-        bits += r.nbytes * 8
-        if name.endswith((".scales", ".biases")) and name.rsplit(".", 1)[0] + ".weight" in raw:
-            continue
-        count = int(np.prod(r.shape, dtype=np.int64))
-        prefix = name[: -len(".weight")]
-        if name.endswith(".weight") and f"{prefix}.scales" in raw:
-            spec = qcfg.get(prefix) if isinstance(qcfg.get(prefix), dict) else qcfg
-            count = count * 32 // int(spec["bits"])
-        n += count
-    return {"size_bytes": sum(f.stat().st_size for f in files), "parameters": n,
-            "bits_per_weight": bits / max(n, 1)}
+    return stats(path, read_config(path).get("quantization") or {})
 
 
 def evaluate(model: str | Path, reference: str | Path | Reference | None = None, text: str | None = None,
              ctx: int | None = None, show_progress: bool = False) -> dict:
     """Evaluate the model at `model` (directory or .gguf) on `text` (default: the evaluation text),
     against `reference` (a path, or a `Reference` built once for several models)."""
-    from . import texts
-
     directory, m = open_model(model, quiet=not show_progress)
     if isinstance(reference, Reference):
         chunks = reference.chunks

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
+from .api import load
+from .assets import smollm2_gguf
 from .errors import MlxEdgeError
-
-# Set before NumPy loads (the CLI imports this module first). On a 2-core Linux box shared with
-# other work, OpenBLAS's threads made the NumPy backend 5-20x slower on SmolLM2 (decode 0.5-2 vs
-# 10-15 tokens/s, prefill 15-19 vs 90-110): small matmuls wait on busy cores. Set it to override.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -48,9 +44,6 @@ def sampling_from_args(args: argparse.Namespace) -> dict:
 
 
 def load_from_args(args: argparse.Namespace):
-    from .assets import smollm2_gguf
-    from .model import load
-
     if args.max_tokens < 1:
         raise MlxEdgeError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     return load(args.model if args.model is not None else smollm2_gguf(), backend=args.backend, quiet=args.quiet)

@@ -8,6 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import MlxEdgeError
+from .files import read_json
+from .formats.bundle import read_config
+from .formats.gguf import open_gguf, split_paths
+from .safetensors import scan_all, stats, tensor_kinds
 
 
 def inspect(path: str | Path) -> dict:
@@ -24,8 +28,6 @@ def inspect(path: str | Path) -> dict:
 
 
 def _inspect_gguf(path: Path) -> dict:
-    from .formats.gguf import open_gguf, split_paths
-
     meta, tensors = open_gguf(path)
     arch = meta.get("general.architecture", "?")
     params = sum(t.n_elements for t in tensors)
@@ -49,46 +51,29 @@ def _inspect_gguf(path: Path) -> dict:
 
 
 def _inspect_bundle(path: Path) -> dict:
-    from .formats.bundle import read_config, read_weights
-
     config = read_config(path)
-    weights = read_weights(path)
     q = config.get("quantization") or {}
+    tensors = scan_all(path)
     hist: Counter = Counter()
     counts: Counter = Counter()
-    params = 0
-    for name, arr in weights.items():
-        if name.endswith((".scales", ".biases")):
-            continue
-        base = name[: -len(".weight")] if name.endswith(".weight") else None
-        if base and f"{base}.scales" in weights:
-            spec = q.get(base) if isinstance(q.get(base), dict) else q
-            n = arr.shape[-1] * 32 // spec["bits"] * (arr.size // arr.shape[-1])
-            kind = f"affine{spec['bits']}g{spec['group_size']}"
-        else:
-            n, kind = arr.size, str(arr.dtype)
+    for kind, n in tensor_kinds(tensors, q).values():
         hist[kind] += n
         counts[kind] += 1
-        params += n
-    size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    meta_path = path / "mlxedge.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    tok_kind = None
-    tok_path = path / "tokenizer.json"
-    if tok_path.exists():
-        tok_kind = json.loads(tok_path.read_text()).get("model", {}).get("type")
-    tcfg = path / "tokenizer_config.json"
+    sizes = stats(path, q)
+    meta = read_json(path / "mlxedge.json", missing_ok=True)
+    tok = read_json(path / "tokenizer.json", missing_ok=True)
+    tcfg = read_json(path / "tokenizer_config.json", missing_ok=True)
     return {
         "path": str(path), "format": "mlx", "architecture": config.get("model_type"),
-        "parameters": params, "tensor_count": len(weights),
+        "parameters": sizes["parameters"], "tensor_count": len(tensors),
         "tensor_types": {k: {"tensors": counts[k], "parameters": v} for k, v in hist.most_common()},
-        "bits_per_weight": round(size * 8 / max(params, 1), 4),
-        "size_bytes": size,
-        "tokenizer": tok_kind,
+        "bits_per_weight": round(sizes["bits_per_weight"], 4),
+        "size_bytes": sizes["size_bytes"],
+        "tokenizer": (tok.get("model") or {}).get("type") if tok else None,
         "vocab_size": config.get("vocab_size"),
         "context_length": config.get("max_position_embeddings"),
-        "chat_template": tcfg.exists() and "chat_template" in json.loads(tcfg.read_text()),
-        "source": meta.get("source", {}).get("path"), "recipe": meta.get("recipe"),
+        "chat_template": "chat_template" in tcfg,
+        "source": (meta.get("source") or {}).get("path"), "recipe": meta.get("recipe"),
     }
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from .assets import cache_dir
 from .errors import MlxEdgeError
+from .formats import open_source
+from .pipeline import convert_source
+from .quant.recipes import get as get_recipe
 
 MANIFEST = "mlxedge-cache.json"
 
@@ -71,8 +74,6 @@ def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
     entry = entry_dir(gguf)
     if is_complete(entry, key):
         return entry
-    from .convert import convert
-
     models = entry.parent
     try:
         models.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
     try:
         if not quiet:
             print(f"converting {gguf} into {entry} (once)", file=sys.stderr)
-        bundle = convert(gguf, work / "bundle", show_progress=not quiet)
+        bundle = convert_source(open_source(gguf), work / "bundle", get_recipe("keep"), show_progress=not quiet)
         (bundle / MANIFEST).write_text(json.dumps({"source": key, "files": _file_sizes(bundle)}, indent=1))
         try:
             os.rename(bundle, entry)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 
 def progress(iterable, desc: str = "", unit: str = "it", disable: bool = False, total=None):
-    from tqdm import tqdm
-
     return tqdm(iterable, desc=desc, unit=unit, total=total, leave=False, file=sys.stderr,
                 disable=disable or not sys.stderr.isatty())

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
+from . import modelcache, planner, texts
+from .convert import convert, open_source
 from .errors import MlxEdgeError
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads (see generate.py)
+from .eval import Reference, context_length, evaluate, text_chunks, weight_stats
+from .formats.bundle import read_config
+from .quant.recipes import bpw_target
 
 UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -52,11 +54,6 @@ def sweep(src: str | Path, out: str | Path, recipes: list[str] = (), budgets: li
           ctx: int | None = None, force: bool = False, show_progress: bool = False,
           text_name: str | None = None) -> dict:
     """Convert, evaluate and report; returns the report dict (also written to out/report.json)."""
-    from . import modelcache, texts
-    from .convert import convert, open_source
-    from .eval import Reference, context_length, evaluate, text_chunks, weight_stats
-    from .formats.bundle import read_config
-
     names = variant_names(list(recipes), list(budgets))
     if not names:
         raise MlxEdgeError("nothing to sweep: give --recipes and/or --target-bpw")
@@ -72,13 +69,17 @@ def sweep(src: str | Path, out: str | Path, recipes: list[str] = (), budgets: li
     reference = Reference.build(reference_dir, chunks, show_progress)
 
     rows = []
+    analysis = None  # one calibration serves every budget
     for name in names:
         path = out / name
         if _reusable(path, name) and not force:
             print(f"{name}: reusing {path}", file=sys.stderr)
         else:
-            options = {"calib": calib, "seed": seed} if name.startswith("bpw") else {}
-            convert(source, path, quant=name, force=True, show_progress=show_progress, **options)
+            quant = name
+            if bpw_target(name) is not None:
+                analysis = analysis or planner.analyze(source, calib, seed, show_progress=show_progress)
+                quant = planner.recipe(analysis, bpw_target(name), show_progress)
+            convert(source, path, quant=quant, force=True, show_progress=show_progress)
         result = evaluate(path, reference, show_progress=show_progress)
         rows.append({"name": name, "path": str(path), **{k: result[k] for k in (
             "size_bytes", "parameters", "bits_per_weight", "perplexity", "reference_perplexity",
@@ -104,8 +105,6 @@ def sweep(src: str | Path, out: str | Path, recipes: list[str] = (), budgets: li
 
 def _reference_dir(source, out: Path) -> Path:
     """What the variants are compared with: the source itself where the NumPy backend can run it."""
-    from .convert import convert
-
     path = Path(source.path)
     if source.format == "gguf" or (path.is_dir() and (path / "config.json").exists()):
         return path

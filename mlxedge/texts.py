@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+import numpy as np
+
 from .errors import MlxEdgeError
 
 
@@ -43,3 +45,27 @@ def calibration_text() -> str:
     if not parts:
         raise MlxEdgeError("no installed package documentation found for calibration")
     return "\n\n".join(parts)
+
+
+def windows(tokenizer, text: str, ctx: int, count: int | None = None, seed: int = 0) -> list[np.ndarray]:
+    """`text` as token windows of at most `ctx` tokens, each led by BOS where the tokenizer has one.
+
+    count=None: every consecutive window (evaluation); else `count` non-overlapping full windows
+    chosen with `seed` (calibration), in text order."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bos = tokenizer.token_to_id(tokenizer.bos_token) if tokenizer.bos_token else None
+    lead = [bos] if bos is not None else []
+    step = ctx - len(lead)
+    if step < 2:
+        raise MlxEdgeError(f"context of {ctx} tokens is too short to score anything")
+    if count is None:
+        chunks = [np.array(lead + ids[i: i + step], dtype=np.int64) for i in range(0, len(ids), step)]
+        chunks = [c for c in chunks if len(c) >= 2]
+    else:
+        n_windows = max(1, len(ids) // step)
+        starts = np.sort(np.random.default_rng(seed).choice(n_windows, size=min(n_windows, count),
+                                                             replace=False)) * step
+        chunks = [np.array(lead + ids[s: s + step], dtype=np.int64) for s in starts] if len(ids) >= 2 else []
+    if not chunks:
+        raise MlxEdgeError("the text is too short (fewer than 2 tokens)")
+    return chunks

@@ -13,18 +13,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as HFTokenizer
+
 from .errors import MlxEdgeError
+from .files import read_json
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MlxEdgeError(f"{path} is unreadable: {e}") from None
 
 
 def _token_text(value: Any) -> str | None:
@@ -43,10 +40,6 @@ def _as_id_list(value: Any) -> list[int]:
 @lru_cache(maxsize=16)
 def _compile_template(source: str):
     """Compile a chat template in the environment transformers uses (sandboxed, trim/lstrip blocks)."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     def raise_exception(message: str):
         raise jinja2.exceptions.TemplateError(message)
 
@@ -66,8 +59,6 @@ class Tokenizer:
     """A bundle's tokenizer: `encode`, `decode`, `apply_chat_template`, `eos_token_ids`, `detokenizer()`."""
 
     def __init__(self, directory: str | Path, extra_eos_ids: Iterable[int] = ()):
-        from tokenizers import Tokenizer as HFTokenizer
-
         directory = Path(directory)
         path = directory / "tokenizer.json"
         if not path.is_file():
@@ -76,7 +67,7 @@ class Tokenizer:
             self._tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library raises bare Exceptions on bad files
             raise MlxEdgeError(f"{path} is not a valid tokenizer: {str(e).splitlines()[0]}") from None
-        self.config = _read_json(directory / "tokenizer_config.json")
+        self.config = read_json(directory / "tokenizer_config.json", missing_ok=True)
         self.special_tokens: dict[str, str] = {}
         for key in SPECIAL_KEYS:
             text = _token_text(self.config.get(key))
@@ -86,8 +77,8 @@ class Tokenizer:
         self.eos_token = self.special_tokens.get("eos_token")
         self.chat_template = self._find_template(directory)
 
-        gen = _read_json(directory / "generation_config.json")
-        model_cfg = _read_json(directory / "config.json")
+        gen = read_json(directory / "generation_config.json", missing_ok=True)
+        model_cfg = read_json(directory / "config.json", missing_ok=True)
         eos = set(_as_id_list(gen.get("eos_token_id"))) | set(_as_id_list(model_cfg.get("eos_token_id")))
         eos |= {int(i) for i in extra_eos_ids}
         if self.eos_token is not None and self.token_to_id(self.eos_token) is not None:
@@ -102,7 +93,7 @@ class Tokenizer:
         if template is None and (directory / "chat_template.jinja").is_file():
             template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
         if template is None and (directory / "chat_template.json").is_file():
-            template = _read_json(directory / "chat_template.json").get("chat_template")
+            template = read_json(directory / "chat_template.json", missing_ok=True).get("chat_template")
         return template or None
 
     @property
@@ -123,7 +114,6 @@ class Tokenizer:
         """Render `messages` ([{"role", "content"}, ...]) with the model's chat template, as transformers does."""
         if self.chat_template is None:
             raise MlxEdgeError("this model has no chat template (use --no-chat-template)")
-        import jinja2
 
         context = {**self.special_tokens, "tools": None, "documents": None, **kwargs}
         try:

@@ -53,10 +53,11 @@ def test_keep_tensors_dequantize_exactly(model, request):
 
 
 def _mlx_name(gname: str) -> str:
-    from mlxedge.formats.gguf_arch import mlx_name
+    from mlxedge import archs
+    from mlxedge.formats.gguf import mlx_name
 
     for arch in ("llama", "gemma3"):
-        n = mlx_name(arch, gname)
+        n = mlx_name(archs.from_gguf(arch), gname)
         if n:
             return n
     raise KeyError(gname)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlxedge.chat import ChatSession, common_prefix
-from mlxedge.generation import Generation, StopStrings
+from mlxedge.engine import Generation, StopStrings
 from mlxedge.sampling import SamplingParams
 from mlxedge.tokenizer import Tokenizer
 

@@ -1,6 +1,6 @@
 """The MLX backend, kept thin: mlx-lm's model definitions, KV cache, sampler and `generate_step`.
 
-Stopping, detokenizing and statistics stay in `mlxedge.generation`, shared with the NumPy backend.
+Stopping, detokenizing and statistics stay in `mlxedge.engine`, shared with the NumPy backend.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import MlxEdgeError
-from ..generation import process_peak_rss
+from ..engine import process_peak_rss
 from ..sampling import SamplingParams
 
 

@@ -17,25 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import safetensors
 from ..errors import MlxEdgeError
+from ..files import read_json
+from ..safetensors import NP_TO_ST
 
 SHARD_BYTES = 5 * 1024**3
-# safetensors dtype names <-> numpy dtypes; bfloat16 travels as its uint16 bit pattern.
-DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U32": np.uint32,
-          "U8": np.uint8, "I32": np.int32, "I8": np.int8, "F64": np.float64}
-NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint32): "U32",
-            np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int8): "I8"}
-
-
-def to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit pattern (round to nearest even), as uint16."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = u + (np.uint32(0x7FFF) + ((u >> 16) & 1))
-    return (rounded >> 16).astype(np.uint16)
-
-
-def from_bf16_bits(x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 class BundleWriter:
@@ -152,53 +139,20 @@ def _os_error(e: OSError, out: Path) -> MlxEdgeError:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def read_safetensors_header(path: str | Path) -> tuple[int, dict]:
-    """(header length, header) of a safetensors file; tensor data starts at byte 8 + length."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 * 1024**2:
-                raise ValueError("header too large")
-            return n, json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise MlxEdgeError(f"{path} is not a readable safetensors file ({e})") from None
-
-
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Memory-map one safetensors file: name -> array (BF16 comes back as float32)."""
-    path = Path(path)
-    n, header = read_safetensors_header(path)
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        dt = DTYPES.get(info["dtype"])
-        if dt is None:
-            raise MlxEdgeError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
-        arr = mm[8 + n + start: 8 + n + end].view(dt).reshape(info["shape"])
-        out[name] = from_bf16_bits(arr) if info["dtype"] == "BF16" else arr
-    return out
-
-
 def read_weights(directory: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of a bundle (single file or sharded), memory-mapped."""
+    """All tensors of a bundle (single file or sharded), memory-mapped; BF16 comes back as float32."""
     directory = Path(directory)
     files = sorted(directory.glob("model*.safetensors"))
     if not files:
         raise MlxEdgeError(f"{directory} has no model*.safetensors")
     weights: dict[str, np.ndarray] = {}
     for f in files:
-        weights.update(read_safetensors(f))
+        weights.update({k: t.float32() if t.dtype == "BF16" else t.load() for k, t in safetensors.scan(f).items()})
     return weights
 
 
 def read_config(directory: str | Path) -> dict:
     path = Path(directory) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MlxEdgeError(f"{directory} is not a model bundle (no config.json)") from None
-    except (OSError, ValueError) as e:
-        raise MlxEdgeError(f"{path} is unreadable: {e}") from None
+    if not path.exists():
+        raise MlxEdgeError(f"{directory} is not a model bundle (no config.json)")
+    return read_json(path)

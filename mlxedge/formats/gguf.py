@@ -12,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import archs
 from ..errors import MlxEdgeError
 from ..quant import ggml
 from .gguf_file import TensorInfo, read_header
-from .gguf_arch import BLOCK, IGNORED, MODEL_TYPE, NORM_PLUS_ONE, PERMUTED_QK, hf_config, mlx_name
-from .source import Source, SourceTensor
+from .gguf_tokenizer import generation_config, tokenizer_files
+from .source import FLOAT_TYPES, Source, SourceTensor
 
 _SPLIT = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
+_BLK = re.compile(r"^blk\.(\d+)\.(.+)\.(weight|bias)$")
+GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# Checkpoint entries with no parameter in mlx-lm (precomputed, or derived from config).
+IGNORED = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}
 
 
 def split_paths(path: Path) -> list[Path]:
@@ -55,44 +60,57 @@ def _permute_back(x: np.ndarray, n_head: int) -> np.ndarray:
     return x.reshape(n_head, hd // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
 
 
+def mlx_name(arch, gguf_name: str) -> str | None:
+    """'blk.3.attn_q.weight' -> 'model.layers.3.self_attn.q_proj.weight'; None if unknown."""
+    m = _BLK.match(gguf_name)
+    if m:
+        layer, part, kind = m.groups()
+        target = arch.GGUF_BLOCK.get(part)
+        return f"model.layers.{layer}.{target}.{kind}" if target else None
+    base, _, kind = gguf_name.rpartition(".")
+    target = GLOBAL.get(base)
+    return f"{target}.{kind}" if target else None
+
+
 def read_gguf(path: str | Path) -> Source:
     path = Path(path)
     meta, tensor_list = open_gguf(path)
-    arch = meta.get("general.architecture")
-    if arch is None:
+    name = meta.get("general.architecture")
+    if name is None:
         raise MlxEdgeError(f"{path} has no general.architecture")
-    if arch not in MODEL_TYPE:
-        raise MlxEdgeError(f"unsupported architecture {arch!r} in {path.name} "
-                           f"(supported: {', '.join(MODEL_TYPE)})")
+    try:
+        arch = archs.from_gguf(name)
+    except MlxEdgeError as e:
+        raise MlxEdgeError(f"{e} in {path.name}") from None
     gtensors = {t.name: t for t in tensor_list}
     tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens else int(meta.get(f"{arch}.vocab_size", 0))
+    vocab = len(tokens) if tokens else int(meta.get(f"{name}.vocab_size", 0))
     if not vocab:
         vocab = int(gtensors["token_embd.weight"].shape[0])
     config = hf_config(arch, meta, set(gtensors), vocab)
-    _extra_rope_config(arch, config, gtensors)
+    _extra_rope_config(name, config, gtensors)
 
     names = {}
     for gname in gtensors:
         if gname in IGNORED:
             continue
-        name = mlx_name(arch, gname)
-        if name is None:
-            raise MlxEdgeError(f"unexpected tensor {gname!r} for architecture {arch}")
-        names[gname] = name
-    _check_complete(arch, config, set(names.values()))
+        mname = mlx_name(arch, gname)
+        if mname is None:
+            raise MlxEdgeError(f"unexpected tensor {gname!r} for architecture {name}")
+        names[gname] = mname
+    archs.check(config, {n: gtensors[g].shape for g, n in names.items()}, path.name)
 
     n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
 
-    def make(gname: str, name: str) -> SourceTensor:
+    def make(gname: str, mname: str) -> SourceTensor:
         t = gtensors[gname]
         gtype, shape = t.type, t.shape
         perm = None
-        if arch in PERMUTED_QK and ".self_attn.q_proj." in name:
+        if arch.PERMUTED_QK and ".self_attn.q_proj." in mname:
             perm = n_heads
-        elif arch in PERMUTED_QK and ".self_attn.k_proj." in name:
+        elif arch.PERMUTED_QK and ".self_attn.k_proj." in mname:
             perm = n_kv
-        plus_one = arch in NORM_PLUS_ONE and name.endswith("norm.weight")
+        plus_one = arch.NORM_PLUS_ONE and mname.endswith("norm.weight")
 
         def raw() -> np.ndarray:
             data = t.raw()
@@ -103,49 +121,84 @@ def read_gguf(path: str | Path) -> Source:
             return x - np.float32(1.0) if plus_one else x
 
         def exact():
-            if len(shape) != 2 or gtype in ("F32", "F16", "BF16"):
+            if len(shape) != 2 or gtype in FLOAT_TYPES:
                 return None
             return ggml.repack(raw(), gtype, shape)
 
-        return SourceTensor(name, shape, gtype, dense, exact, t.n_bytes)
+        return SourceTensor(mname, shape, gtype, dense, exact, t.n_bytes)
 
-    order = sorted(names.items(), key=lambda kv: _sort_key(kv[1]))
+    order = sorted(names.items(), key=lambda kv: archs.sort_key(kv[1]))
 
     def stream():
-        for gname, name in order:
-            yield make(gname, name)
-
-    from .gguf_tokenizer import generation_config, tokenizer_files
+        for gname, mname in order:
+            yield make(gname, mname)
 
     if "tokenizer.ggml.tokens" not in meta:
         raise MlxEdgeError(f"{path.name} carries no tokenizer (tokenizer.ggml.tokens missing)")
-    file_type = meta.get("general.file_type")
-    info = {"architecture": arch, "name": meta.get("general.name"), "file_type": file_type,
+    info = {"architecture": name, "name": meta.get("general.name"), "file_type": meta.get("general.file_type"),
             "files": [p.name for p in split_paths(path)],
             "tokenizer": meta.get("tokenizer.ggml.model")}
     return Source(path=path, format="gguf", config=config, tensors=stream,
                   tokenizer_files=tokenizer_files(meta), generation_config=generation_config(meta),
-                  info=info, float_dtype="bfloat16" if arch == "gemma3" else "float16")
+                  info=info, float_dtype=arch.FLOAT_DTYPE)
 
 
-def _sort_key(name: str):
-    m = re.match(r"model\.layers\.(\d+)\.(.*)", name)
-    return (1, int(m.group(1)), m.group(2)) if m else (0 if "embed" in name else 2, 0, name)
+def hf_config(arch, meta: dict, tensor_names: set[str], vocab_size: int) -> dict:
+    """Hugging Face config.json (with every field mlx-lm reads) from GGUF metadata."""
+    prefix = arch.GGUF_ARCH
+
+    def get(key, default=None, required=False):
+        value = meta.get(f"{prefix}.{key}", default)
+        if required and value is None:
+            raise MlxEdgeError(f"GGUF metadata lacks {prefix}.{key}")
+        return value
+
+    hidden = int(get("embedding_length", required=True))
+    n_heads = int(get("attention.head_count", required=True))
+    n_kv = get("attention.head_count_kv", n_heads)
+    if isinstance(n_kv, list):  # per-layer counts (some newer files): ours are uniform
+        if len(set(n_kv)) != 1:
+            raise MlxEdgeError("per-layer KV head counts are not supported")
+        n_kv = n_kv[0]
+    head_dim = int(get("attention.key_length", hidden // n_heads))
+    ffn = get("feed_forward_length", required=True)
+    ffn = ffn[0] if isinstance(ffn, list) else ffn
+    config = {
+        "architectures": [arch.HF_CLASS],
+        "model_type": arch.MODEL_TYPE,
+        "hidden_size": hidden,
+        "intermediate_size": int(ffn),
+        "num_hidden_layers": int(get("block_count", required=True)),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(n_kv),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(get("context_length", 4096)),
+        "vocab_size": vocab_size,
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+    }
+    scaling = _rope_scaling(prefix, get)
+    if scaling:
+        config["rope_scaling"] = scaling
+    arch.gguf_config(config, get, tensor_names)
+    return config
 
 
-def _check_complete(arch: str, config: dict, have: set[str]) -> None:
-    """Every parameter mlx-lm will ask for is there (lm_head only when untied)."""
-    need = {"model.embed_tokens.weight", "model.norm.weight"}
-    if not config["tie_word_embeddings"]:
-        need.add("lm_head.weight")
-    optional = {"attn_q_norm", "attn_k_norm"} if arch != "qwen3" and arch != "gemma3" else set()
-    for i in range(config["num_hidden_layers"]):
-        for part, target in BLOCK[arch].items():
-            if part not in optional:
-                need.add(f"model.layers.{i}.{target}.weight")
-    missing = sorted(need - have)
-    if missing:
-        raise MlxEdgeError(f"GGUF is missing {len(missing)} tensors for {arch}, e.g. {missing[0]}")
+def _rope_scaling(prefix: str, get) -> dict | None:
+    kind = get("rope.scaling.type")
+    factor = get("rope.scaling.factor")
+    if kind in (None, "none") and not factor:
+        return None
+    if kind in ("linear", None) and factor:
+        return {"type": "linear", "rope_type": "linear", "factor": float(factor)}
+    if kind == "yarn":
+        out = {"type": "yarn", "rope_type": "yarn", "factor": float(factor)}
+        orig = get("rope.scaling.original_context_length")
+        if orig:
+            out["original_max_position_embeddings"] = int(orig)
+        return out
+    raise MlxEdgeError(f"{prefix}: rope scaling type {kind!r} is not supported")
 
 
 def _extra_rope_config(arch: str, config: dict, gtensors: dict) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import mmap
 import struct
+from importlib.metadata import version
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
 from ..errors import MlxEdgeError
@@ -53,8 +55,6 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], list[TensorInfo]]:
 
 
 def _parse(path: Path, buf, size: int):
-    import gguf
-
     magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
     if magic != b"GGUF":
         raise MlxEdgeError(f"{path} is not a GGUF file (bad magic {magic!r})")
@@ -129,6 +129,4 @@ def _parse(path: Path, buf, size: int):
 
 
 def _version() -> str:
-    from importlib.metadata import version
-
     return version("gguf")

@@ -9,52 +9,44 @@ fused projections, drops a duplicated tied lm_head, and checks every parameter i
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
+from .. import archs
 from ..errors import MlxEdgeError
+from ..files import read_json
 from .onnx_graph import OnnxGraph
 from .onnx_weights import Weight, collect
 from .source import Source, SourceTensor
 
 MODEL_PREFERENCE = ("model.onnx", "decoder_model_merged.onnx", "decoder_model.onnx")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-LAYER_PARAMS = ["input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-                "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-# model_type -> per-layer modules with a weight; mlx-lm names them like transformers does.
-ARCHS = {
-    "llama": LAYER_PARAMS,
-    "mistral": LAYER_PARAMS,
-    "qwen2": LAYER_PARAMS,
-    "qwen3": LAYER_PARAMS + ["self_attn.q_norm", "self_attn.k_norm"],
-    "phi3": ["input_layernorm", "post_attention_layernorm", "self_attn.qkv_proj", "self_attn.o_proj",
-             "mlp.gate_up_proj", "mlp.down_proj"],
-}
+# what the ONNX reader was checked on (Gemma: no real export to check its norm convention against)
+ONNX_TYPES = [t for t in archs.supported() if archs.get(t).ONNX]
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
 
 def read_onnx(path: str | Path) -> Source:
     """Read an ONNX export (a folder, or one .onnx file in it) into a conversion Source."""
     model_file, root = _locate(Path(path))
-    genai = _read_json(root / "genai_config.json") if (root / "genai_config.json").exists() else None
+    genai = read_json(root / "genai_config.json") if (root / "genai_config.json").exists() else None
     graph = OnnxGraph(model_file)
     weights = {_hf_name(k): w for k, w in collect(graph).items()}
     used = set().union(*(w.consts for w in weights.values()))
     config = _config(root, genai, graph, weights)
     arch = config["model_type"]
-    if arch not in ARCHS:
+    if arch not in ONNX_TYPES:
         raise MlxEdgeError(f"unsupported architecture {arch!r} in {model_file.name}; "
-                           f"supported: {', '.join(ARCHS)}")
+                           f"supported: {', '.join(ONNX_TYPES)}")
     weights = _split_fused(weights, config)
     tied = _tie(weights)
     config["tie_word_embeddings"] = tied
     _check(weights, used, config, graph, model_file)
 
-    order = sorted(weights, key=_param_order)
+    order = sorted(weights, key=archs.sort_key)
     has_external = any(c.proto.data_location == 1 for c in graph.consts.values())
     source_path = model_file.parent if has_external else model_file
     encodings = Counter(weights[n].src_type for n in order)
@@ -84,7 +76,7 @@ def _locate(path: Path) -> tuple[Path, Path]:
         return path, root
     genai = path / "genai_config.json"
     if genai.exists():
-        name = _read_json(genai).get("model", {}).get("decoder", {}).get("filename", "model.onnx")
+        name = read_json(genai).get("model", {}).get("decoder", {}).get("filename", "model.onnx")
         if not (path / name).is_file():
             raise MlxEdgeError(f"{genai} names {name}, which is not in {path}")
         return path / name, path
@@ -101,13 +93,6 @@ def _locate(path: Path) -> tuple[Path, Path]:
     raise MlxEdgeError(f"{path}: no .onnx model found")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MlxEdgeError(f"{path} is unreadable: {e}") from None
-
-
 # -- names -------------------------------------------------------------------------------------
 
 def _hf_name(name: str) -> str:
@@ -119,18 +104,11 @@ def _hf_name(name: str) -> str:
                     for i, p in enumerate(parts))
 
 
-def _param_order(name: str) -> tuple:
-    parts = name.split(".")
-    if len(parts) > 2 and parts[1] == "layers" and parts[2].isdigit():
-        return (1, int(parts[2]), name)
-    return (0 if "embed" in name else 2, 0, name)
-
-
 # -- configuration -----------------------------------------------------------------------------
 
 def _config(root: Path, genai: Optional[dict], graph: OnnxGraph, weights: dict[str, Weight]) -> dict:
     if (root / "config.json").exists():
-        config = _read_json(root / "config.json")
+        config = read_json(root / "config.json")
         for key in [k for k in config if k.startswith("transformers.js") or k in ("quantization", "quantization_config")]:
             del config[key]
         if "model_type" not in config:
@@ -215,7 +193,7 @@ def _float_dtype(graph: OnnxGraph) -> str:
 
 def _generation_config(root: Path, genai: Optional[dict], config: dict) -> dict:
     if (root / "generation_config.json").exists():
-        return _read_json(root / "generation_config.json")
+        return read_json(root / "generation_config.json")
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     search = (genai or {}).get("search", {})
     for key in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty"):
@@ -229,7 +207,7 @@ def _tokenizer_files(root: Path, model_dir: Path) -> dict[str, dict]:
     for name in TOKENIZER_FILES:
         for folder in (root, model_dir):
             if (folder / name).exists():
-                out[name] = _read_json(folder / name)
+                out[name] = read_json(folder / name)
                 break
     return out
 
@@ -277,18 +255,7 @@ def _tie(weights: dict[str, Weight]) -> bool:
 
 def _check(weights: dict[str, Weight], used: set, config: dict, graph: OnnxGraph, model_file: Path) -> None:
     """Every parameter mlx-lm expects is there, and no weight-sized constant was left unread."""
-    n_layers = config["num_hidden_layers"]
-    expected = {"model.embed_tokens.weight", "model.norm.weight"}
-    expected |= {f"model.layers.{i}.{m}.weight" for i in range(n_layers) for m in ARCHS[config["model_type"]]}
-    if not config.get("tie_word_embeddings"):
-        expected.add("lm_head.weight")
-    missing = sorted(expected - set(weights), key=_param_order)
-    if missing:
-        raise MlxEdgeError(f"{model_file.name}: could not find {len(missing)} parameter(s) in the graph, "
-                           f"e.g. {missing[0]} (unsupported export layout or architecture)")
-    extra = [n for n in weights if n not in expected and not n.endswith(".bias")]
-    if extra:
-        raise MlxEdgeError(f"{model_file.name}: unexpected parameter {extra[0]} for {config['model_type']}")
+    archs.check(config, {n: w.shape for n, w in weights.items()}, model_file.name)
     hidden = config["hidden_size"]
     for name, c in graph.consts.items():
         if name in used or name in ("cos_cache", "sin_cache") or "rotary" in name or "inv_freq" in name:

@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from ..dtypes import from_bf16_bits
 from ..errors import MlxEdgeError
 from ..quant.onnx_quant import dequantize_linear
 
@@ -97,7 +98,7 @@ def _decode(raw: np.ndarray, elem_type: int, shape: tuple[int, ...], name: str) 
         raise MlxEdgeError(f"ONNX tensor {name} is truncated ({raw.size} of {need} bytes)")
     raw = raw[:need]
     if elem_type == 16:  # bfloat16 bits -> float32
-        return (np.asarray(raw).view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        return from_bf16_bits(np.asarray(raw).view(np.uint16)).reshape(shape)
     if bits < 8:  # packed sub-byte values, low bits first
         per = 8 // bits
         vals = ((np.asarray(raw)[:, None] >> (np.arange(per, dtype=np.uint8) * bits)) & ((1 << bits) - 1))

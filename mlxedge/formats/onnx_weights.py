@@ -38,15 +38,13 @@ class Weight:
     def rows(self, start: int, stop: int) -> "Weight":
         """Rows [start, stop) of a matrix (or elements of a vector): splits fused projections."""
         dense, aff = self.dense, self.affine
-        sliced_aff = None
-        if aff is not None:
-            def sliced_aff():
-                a = aff()
-                return None if a is None else Affine(a.q[start:stop], a.scales[start:stop],
-                                                     a.biases[start:stop], a.bits, a.group_size)
+        def sliced_aff():
+            a = aff()
+            return None if a is None else Affine(a.q[start:stop], a.scales[start:stop],
+                                                 a.biases[start:stop], a.bits, a.group_size)
         frac = (stop - start) / self.shape[0]
         return Weight((stop - start, *self.shape[1:]), self.src_type, lambda: dense()[start:stop],
-                      sliced_aff, int(self.nbytes * frac), self.consts)
+                      sliced_aff if aff is not None else None, int(self.nbytes * frac), self.consts)
 
 
 def module_of(graph: OnnxGraph, node, weight_input: str) -> Optional[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -47,8 +48,6 @@ class Source:
     float_dtype: str = "float16"  # dtype for float tensors that need a cast
 
     def sha256(self) -> str:
-        import hashlib
-
         h = hashlib.sha256()
         files = [self.path] if self.path.is_file() else sorted(p for p in self.path.iterdir() if p.is_file())
         for p in files:

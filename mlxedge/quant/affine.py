@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..dtypes import as_float32, to_bf16_bits
+
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 
@@ -70,16 +72,8 @@ def dequantize_unpacked(q, scales, biases, group_size: int) -> np.ndarray:
     """float32 (..., n) = scale * q + bias, scales/biases upcast to float32 first."""
     *lead, n = q.shape
     g = q.reshape(*lead, n // group_size, group_size).astype(np.float32)
-    s, b = _float32(scales)[..., None], _float32(biases)[..., None]
+    s, b = as_float32(scales)[..., None], as_float32(biases)[..., None]
     return (g * s + b).reshape(*lead, n)
-
-
-def _float32(x) -> np.ndarray:
-    """Scales/biases as float32; uint16 arrays are bfloat16 bit patterns."""
-    x = np.asarray(x)
-    if x.dtype == np.uint16:
-        return (x.astype(np.uint32) << 16).view(np.float32)
-    return x.astype(np.float32)
 
 
 def dequantize(w, scales, biases, bits: int, group_size: int) -> np.ndarray:
@@ -135,7 +129,5 @@ def _cast_params(x: np.ndarray, scale_dtype: str) -> np.ndarray:
     if scale_dtype == "float16":
         return x.astype(np.float16)
     if scale_dtype == "bfloat16":
-        from ..formats.bundle import to_bf16_bits
-
         return to_bf16_bits(x)
     raise ValueError(f"scale_dtype must be float16, bfloat16 or float32, not {scale_dtype!r}")

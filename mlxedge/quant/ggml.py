@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
 
 from ..errors import MlxEdgeError
 from .affine import Affine
@@ -275,9 +277,6 @@ def _narrow(scales: np.ndarray, biases: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def dequantize(raw: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
     """float32 values of a GGUF tensor of any type gguf-py can decode (F32, F16, BF16, Q*, IQ*...)."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize as gguf_dequantize
-
     try:
         qtype = GGMLQuantizationType[ggml_type]
     except KeyError:

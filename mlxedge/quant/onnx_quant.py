@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..dtypes import from_bf16_bits, to_bf16_bits
 from ..errors import MlxEdgeError
 from .affine import Affine, BITS
 
@@ -101,7 +102,6 @@ def _store_scales(s: np.ndarray, bias: np.ndarray, scale_dtype: str) -> tuple[np
         if np.array_equal(b16.astype(np.float32), bias) and np.all(np.isfinite(b16)):
             return s16, b16
     elif scale_dtype == "bfloat16":
-        from ..formats.bundle import from_bf16_bits, to_bf16_bits
 
         sb, bb = to_bf16_bits(s), to_bf16_bits(bias)
         if np.array_equal(from_bf16_bits(bb), bias):

@@ -1,13 +1,19 @@
-"""A recipe is a function (tensor name, shape, source type) -> Target: what to store for it.
+"""A recipe says what to store for each tensor: a rule (tensor name, shape, source type) -> Target.
 
 `keep` carries the source's own quantization over exactly where MLX can express it; the float
 recipes dequantize everything; `q4`/`q8` quantize every matrix uniformly (MLX's default grid).
+Recipes built from calibration (`bpwX`, mlxedge/planner.py) also bring their own quantizer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
+
+from ..errors import MlxEdgeError
+from .affine import Affine
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,23 @@ class Target:
     group_size: int = 0
 
 
-Recipe = Callable[[str, tuple, str], Target]
+Rule = Callable[[str, tuple, str], Target]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A finished recipe, as `convert` takes it.
+
+    quantize(name, w (out, in) float32, target) -> Affine replaces MLX's round-to-nearest when
+    given; info is recorded in mlxedge.json as `recipe_info`."""
+
+    name: str
+    rule: Rule
+    quantize: Callable[[str, np.ndarray, Target], Affine] | None = None
+    info: dict = field(default_factory=dict)
+
+    def __call__(self, name: str, shape: tuple, src_type: str) -> Target:
+        return self.rule(name, shape, src_type)
 
 KEEP = Target("keep")
 # Fallback for source types MLX cannot express exactly (Q2_K, Q3_K, Q6_K, IQ*): 8-bit group 32 is
@@ -38,14 +60,14 @@ def keep(name: str, shape: tuple, src_type: str) -> Target:
     return KEEP
 
 
-def floating(dtype: str) -> Recipe:
+def floating(dtype: str) -> Rule:
     def recipe(name: str, shape: tuple, src_type: str) -> Target:
         return Target("float", dtype)
 
     return recipe
 
 
-def uniform(bits: int, group_size: int = 64) -> Recipe:
+def uniform(bits: int, group_size: int = 64) -> Rule:
     def recipe(name: str, shape: tuple, src_type: str) -> Target:
         if is_matrix(name, shape):
             return Target("affine", "float16", bits, group_size)
@@ -54,7 +76,7 @@ def uniform(bits: int, group_size: int = 64) -> Recipe:
     return recipe
 
 
-RECIPES: dict[str, Recipe] = {
+RECIPES: dict[str, Rule] = {
     "keep": keep,
     "f16": floating("float16"),
     "bf16": floating("bfloat16"),
@@ -72,7 +94,7 @@ RECIPES: dict[str, Recipe] = {
 #
 # The mixed_* recipes are mlx-lm's `mixed_quant_predicate` rule (mlx_lm/convert.py); q4_k_m is
 # llama.cpp's Q4_K_M choice (llama-quant.cpp) in MLX groups; `bpwX` allocates bits per tensor from
-# calibration statistics (quant/mixed.py). Factories take the Source and keyword options.
+# calibration statistics (mlxedge/planner.py). Factories take the Source and keyword options.
 
 
 def _layer_index(name: str) -> int:
@@ -89,15 +111,13 @@ def use_more_bits(index: int, n_layers: int) -> bool:
 
 
 def _n_layers(source) -> int:
-    from ..errors import MlxEdgeError
-
     n = source.config.get("num_hidden_layers") or (source.config.get("text_config") or {}).get("num_hidden_layers")
     if not n:
         raise MlxEdgeError("config.json has no num_hidden_layers; mixed recipes need the layer count")
     return int(n)
 
 
-def mixed(low: int, high: int, n_layers: int, group_size: int = 64, dtype: str = "float16") -> Recipe:
+def mixed(low: int, high: int, n_layers: int, group_size: int = 64, dtype: str = "float16") -> Rule:
     """mlx-lm's mixed_{low}_{high}: v_proj and down_proj of the favoured layers and lm_head get
     `high` bits, every other matrix (the embedding included) `low` bits, all in one group size."""
     def recipe(name: str, shape: tuple, src_type: str) -> Target:
@@ -115,7 +135,7 @@ def mixed(low: int, high: int, n_layers: int, group_size: int = 64, dtype: str =
     return recipe
 
 
-def q4_k_m(n_layers: int, tied: bool, dtype: str = "float16") -> Recipe:
+def q4_k_m(n_layers: int, tied: bool, dtype: str = "float16") -> Rule:
     """llama.cpp's Q4_K_M in MLX terms (group 32 everywhere, as K-quants' 32-weight sub-blocks):
     Q4_K -> 4 bits; Q6_K for the output head (and the embedding when tied to it), for attn_v and
     ffn_down of the favoured layers -> 6 bits; Q5_K for fused qkv -> 5 bits. (llama.cpp's Q8_0
@@ -138,24 +158,16 @@ def q4_k_m(n_layers: int, tied: bool, dtype: str = "float16") -> Recipe:
 
 
 def _mixed_factory(low: int, high: int):
-    def factory(source, group_size: int = 64, **_) -> Recipe:
+    def factory(source, group_size: int = 64, **_) -> Rule:
         return mixed(low, high, _n_layers(source), group_size, source.float_dtype)
     return factory
 
 
-def _q4_k_m_factory(source, **_) -> Recipe:
+def _q4_k_m_factory(source, **_) -> Rule:
     return q4_k_m(_n_layers(source), bool(source.config.get("tie_word_embeddings", False)), source.float_dtype)
 
 
-def _bpw_factory(target: float):
-    def factory(source, **options) -> Recipe:
-        from .mixed import target_bpw
-
-        return target_bpw(source, target, **options)
-    return factory
-
-
-FACTORIES: dict[str, Callable[..., Recipe]] = {
+FACTORIES: dict[str, Callable[..., Rule]] = {
     "mixed_2_6": _mixed_factory(2, 6),
     "mixed_3_4": _mixed_factory(3, 4),
     "mixed_3_6": _mixed_factory(3, 6),
@@ -170,21 +182,24 @@ def names() -> list[str]:
     return [*RECIPES, *FACTORIES, f"{BPW_PREFIX}X"]
 
 
-def get(name: str, source=None, **options) -> Recipe:
-    """The recipe called `name`. Recipes in FACTORIES (and bpwX) need `source`; `options` go to
-    their factory (e.g. calib=, seed= for bpwX)."""
-    from ..errors import MlxEdgeError
+def bpw_target(name: str) -> float | None:
+    """The budget of a `bpwX` recipe name ("bpw3.5" -> 3.5), None for any other name."""
+    if not name.startswith(BPW_PREFIX):
+        return None
+    try:
+        return float(name[len(BPW_PREFIX):])
+    except ValueError:
+        return None
 
+
+def get(name: str, source=None, **options) -> Recipe:
+    """The recipe called `name` (not bpwX: that one is calibrated, see mlxedge/planner.py).
+    Recipes in FACTORIES need `source`; `options` go to their factory."""
     factory = FACTORIES.get(name)
-    if factory is None and name.startswith(BPW_PREFIX):
-        try:
-            factory = _bpw_factory(float(name[len(BPW_PREFIX):]))
-        except ValueError:
-            factory = None
     if factory is not None:
         if source is None:
             raise MlxEdgeError(f"recipe {name!r} needs the source model")
-        return factory(source, **options)
+        return Recipe(name, factory(source, **options))
     if name not in RECIPES:
         raise MlxEdgeError(f"unknown recipe {name!r}; choose from {', '.join(names())}")
-    return RECIPES[name]
+    return Recipe(name, RECIPES[name])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dtypes import from_bf16_bits, to_bf16_bits
 from . import affine
 
 SHRINK = (0.95, 0.9, 0.85, 0.8, 0.7)  # range fractions tried per group (1.0 is MLX's own choice)
@@ -20,8 +21,6 @@ BLOCK_ROWS = 8192  # rows quantized at a time (bounds memory on large embeddings
 
 def _stored(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """(array as stored, its float32 value) for scales/biases in `dtype`."""
-    from ..formats.bundle import from_bf16_bits, to_bf16_bits
-
     if dtype == "bfloat16":
         bits = to_bf16_bits(x)
         return bits, from_bf16_bits(bits)
@@ -89,14 +88,8 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
     return affine.Affine(q.reshape(rows, cols).astype(np.uint8), scales, biases, bits, group)
 
 
-def _bf16_value(x: np.ndarray) -> np.ndarray:
-    from ..formats.bundle import from_bf16_bits
-
-    return from_bf16_bits(x)
-
-
 def _value(stored: np.ndarray, dtype: str) -> np.ndarray:
-    return _bf16_value(stored) if dtype == "bfloat16" else stored.astype(np.float32)
+    return from_bf16_bits(stored) if dtype == "bfloat16" else stored.astype(np.float32)
 
 
 def dequantize(aff: affine.Affine) -> np.ndarray:

@@ -7,24 +7,32 @@
     logits = m.forward(np.array([next_id]), cache)     # (1, vocab), one decode step
     cache.trim(n) / cache.reset()                       # rewind for the next chat turn
 
-One module per architecture family, found by config.json's `model_type`.
+One module per architecture family, named by the architecture's `NUMPY` (mlxedge/archs/).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+from ... import archs
 from ...errors import MlxEdgeError
 from ...formats.bundle import read_config
-from . import gemma3, llama, phi3
 from .cache import KVCache
-from .model import NumpyModel
+from .decoder import NumpyModel
 from .weights import Weights
 
-__all__ = ["load", "NumpyModel", "KVCache", "SUPPORTED"]
+__all__ = ["load", "NumpyModel", "KVCache", "family"]
 
-ARCHITECTURES = {t: mod for mod in (llama, gemma3, phi3) for t in mod.MODEL_TYPES}
-SUPPORTED = tuple(ARCHITECTURES)
+
+def family(model_type: str):
+    """The NumPy module that builds `model_type` (llama.py serves llama, mistral, qwen2, qwen3)."""
+    try:
+        arch = archs.get(model_type)
+    except MlxEdgeError:
+        raise MlxEdgeError(f"the NumPy backend does not run model_type {model_type!r} "
+                           f"(supported: {', '.join(archs.supported())})") from None
+    return importlib.import_module(f"{__name__}.{arch.NUMPY}")
 
 
 def load(directory: str | Path, *, lean: bool = False) -> NumpyModel:
@@ -35,11 +43,7 @@ def load(directory: str | Path, *, lean: bool = False) -> NumpyModel:
     bundle size, but each token costs a full dequantization (many times slower).
     """
     config = read_config(directory)
-    model_type = config.get("model_type")
-    arch = ARCHITECTURES.get(model_type)
-    if arch is None:
-        raise MlxEdgeError(f"the NumPy backend does not run model_type {model_type!r} "
-                           f"(supported: {', '.join(SUPPORTED)})")
+    arch = family(config.get("model_type"))
     weights = Weights(directory, config, lean=lean)
     try:
         model = arch.build(weights, config)

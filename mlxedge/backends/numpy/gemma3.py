@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...dtypes import round_bf16
 from .cache import KVCache
 from .layers import Rope, attention, gelu_approx, make_rope, rms_norm
-from .model import NumpyModel
+from .decoder import NumpyModel
 from .weights import Weights, fuse
 
-MODEL_TYPES = ("gemma3_text",)
 
 DEFAULTS = {"head_dim": 256, "rms_norm_eps": 1e-6, "num_key_value_heads": 1,
             "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
             "query_pre_attn_scalar": 256, "sliding_window": 512, "sliding_window_pattern": 6,
             "max_position_embeddings": 32768}
-
-
-def _bf16(x: float) -> float:
-    """Round to the nearest bfloat16 (ties to even)."""
-    u = int(np.array(x, np.float32).view(np.uint32))
-    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    return float(np.array(u, np.uint32).view(np.float32))
 
 
 class Attention:
@@ -108,5 +101,5 @@ def build(w: Weights, config: dict) -> NumpyModel:
     lm_head = embed.as_linear() if tied else w.linear("lm_head")
     norm_w, eps = 1.0 + w.vector("model.norm.weight"), cfg["rms_norm_eps"]
     return NumpyModel(config, embed, blocks, lambda h: rms_norm(h, norm_w, eps), lm_head,
-                      embed_scale=_bf16(cfg["hidden_size"] ** 0.5),
+                      embed_scale=float(round_bf16(cfg["hidden_size"] ** 0.5)),
                       logit_softcap=cfg.get("final_logit_softcapping"))

@@ -12,10 +12,9 @@ import numpy as np
 
 from .cache import KVCache
 from .layers import Rope, attention, make_rope, rms_norm, silu
-from .model import NumpyModel
+from .decoder import NumpyModel
 from .weights import Weights, fuse
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 class Attention:

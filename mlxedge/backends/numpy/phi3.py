@@ -13,10 +13,9 @@ import numpy as np
 from ...errors import MlxEdgeError
 from .cache import KVCache
 from .layers import Rope, attention, longrope, rms_norm, silu
-from .model import NumpyModel
+from .decoder import NumpyModel
 from .weights import Weights
 
-MODEL_TYPES = ("phi3",)
 
 
 def _rope(cfg: dict, head_dim: int) -> Rope:

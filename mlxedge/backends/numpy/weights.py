@@ -22,17 +22,21 @@ import numpy as np
 from ...errors import MlxEdgeError
 from ...formats.bundle import read_weights
 from ...quant import affine
+from ...safetensors import quant_spec
 
 ROW_BLOCK = 256  # rows dequantized at a time: temporaries stay small
 
 
 class Linear:
-    """y = x @ W.T + b with W (out, in). Dense: W.T stored contiguous; lean: dequantized per call."""
+    """y = x @ W.T + b with W (out, in). Dense: W.T stored contiguous; lean: dequantized per call.
 
-    def __init__(self, wt: np.ndarray | None, bias: np.ndarray | None = None, lazy=None):
+    `name` is the module path in the bundle ("model.layers.0.mlp.down_proj"), for calibration."""
+
+    def __init__(self, wt: np.ndarray | None, bias: np.ndarray | None = None, lazy=None, name: str | None = None):
         self.wt = wt            # (in, out) float32, contiguous; None when lazy
         self.bias = bias        # (out,) float32 or None
         self.lazy = lazy        # () -> W (out, in) float32, for lean mode
+        self.name = name
         self.out_features = (wt.shape[1] if wt is not None else lazy.out_features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -157,21 +161,6 @@ class Weights:
         self.used.add(name)
         return np.array(self.raw[name], dtype=np.float32)
 
-    def _quant_params(self, prefix: str, w: np.ndarray, scales: np.ndarray) -> tuple[int, int]:
-        spec = self.quant.get(prefix)
-        if not isinstance(spec, dict):
-            spec = self.quant
-        if spec.get("mode", "affine") != "affine":
-            raise MlxEdgeError(f"{prefix}: quantization mode {spec.get('mode')} is not supported")
-        bits, group_size = spec.get("bits"), spec.get("group_size")
-        if bits is None or group_size is None:
-            raise MlxEdgeError(f"{prefix} is quantized but config.json has no bits/group_size for it")
-        in_dims = w.shape[-1] * 32 // bits
-        if in_dims != scales.shape[-1] * group_size:
-            raise MlxEdgeError(f"{prefix}: weight {w.shape} and scales {scales.shape} do not match "
-                               f"{bits}-bit quantization with group size {group_size}")
-        return bits, group_size
-
     def _source(self, prefix: str):
         """(dense (out, in) float32 or None, lazy source or None) for `prefix.weight`."""
         name = f"{prefix}.weight"
@@ -184,7 +173,10 @@ class Weights:
             if biases is None:
                 raise MlxEdgeError(f"{prefix} has scales but no biases (only affine quantization is supported)")
             self.used.update({f"{prefix}.scales", f"{prefix}.biases"})
-            bits, group_size = self._quant_params(prefix, w, scales)
+            bits, group_size = quant_spec(self.quant, prefix)
+            if w.shape[-1] * 32 // bits != scales.shape[-1] * group_size:
+                raise MlxEdgeError(f"{prefix}: weight {w.shape} and scales {scales.shape} do not match "
+                                   f"{bits}-bit quantization with group size {group_size}")
             lazy = _LazyAffine(w, scales, biases, bits, group_size)
         else:
             lazy = _LazyFloat(w)
@@ -195,8 +187,8 @@ class Weights:
         lazy = self._source(prefix)
         bias = self.vector(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
         if self.lean:
-            return Linear(None, bias, lazy=lazy)
-        return Linear(lazy.transposed(), bias)
+            return Linear(None, bias, lazy=lazy, name=prefix)
+        return Linear(lazy.transposed(), bias, name=prefix)
 
     def embedding(self, prefix: str, tied: bool) -> Embedding:
         lazy = self._source(prefix)

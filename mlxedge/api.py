@@ -2,88 +2,20 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from . import modelcache
 from .errors import MlxEdgeError
-from .generation import Engine, Generation, process_peak_rss, sample_tokens
+from .backends import make_engine
+from .engine import Engine, Generation
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
-BACKENDS = ("auto", "mlx", "numpy")
 SAMPLING_KEYS = {"temp", "top_p", "top_k", "min_p", "min_tokens_to_keep", "repetition_penalty",
                  "repetition_context_size", "seed"}
-
-
-class NumpyEngine:
-    """Adapts `mlxedge.backends.numpy` (`load(dir)`, `make_cache()`, `forward(ids, cache)`) to `Engine`."""
-
-    name = "numpy"
-
-    def __init__(self, directory: str | Path):
-        from .backends import numpy as np_backend
-
-        self.model = np_backend.load(directory)
-        self.config = self.model.config
-
-    def make_cache(self) -> Any:
-        return self.model.make_cache()
-
-    def cache_length(self, cache: Any) -> int:
-        return int(cache.offset)
-
-    def trim_cache(self, cache: Any, n: int) -> bool:
-        cache.trim(n)
-        return True
-
-    def forward(self, ids: Sequence[int], cache: Any = None, last_only: bool = False) -> np.ndarray:
-        return self.model.forward(np.asarray(ids, dtype=np.int64), cache, last_only=last_only)
-
-    def token_stream(self, ids: Sequence[int], cache: Any, params: SamplingParams,
-                     history: Sequence[int] = ()) -> Iterator[int]:
-        return sample_tokens(lambda t, c: self.forward(t, c, last_only=True), ids, cache, params, history)
-
-    def peak_memory(self) -> int:
-        return process_peak_rss()
-
-
-def default_backend() -> str:
-    """MLX where Metal is there; elsewhere NumPy.
-
-    Measured on a shared 2-core Linux box (AMD EPYC) with SmolLM2-135M Q4_1 through the CLI: NumPy
-    (single-threaded BLAS) ~80 tokens/s prefill and ~9 decode; MLX's CPU build ~3 and ~2-6 (its
-    quantized matmul on CPU is the bottleneck, and ~40x slower again in float16).
-    """
-    from .backends.mlx import metal_available
-
-    if platform.system() == "Darwin" and metal_available():
-        return "mlx"
-    return "numpy"
-
-
-def make_engine(directory: Path, backend: str = "auto") -> Engine:
-    """Load the bundle at `directory` with the chosen backend."""
-    if backend not in BACKENDS:
-        raise MlxEdgeError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if backend == "mlx":
-        from .backends.mlx import MlxEngine
-
-        return MlxEngine(directory)
-    if backend == "numpy":
-        return NumpyEngine(directory)
-    choice = default_backend()
-    try:
-        return make_engine(directory, choice)
-    except MlxEdgeError as first:
-        # e.g. an architecture the NumPy backend does not have: the other backend may run it
-        try:
-            return make_engine(directory, "numpy" if choice == "mlx" else "mlx")
-        except MlxEdgeError:
-            raise first from None
 
 
 class Model:

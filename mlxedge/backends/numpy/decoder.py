@@ -50,18 +50,33 @@ class NumpyModel:
         if ids.min() < 0 or ids.max() >= self.embed_rows:
             raise MlxEdgeError(f"token id out of range 0..{self.embed_rows - 1}")
         cache = cache if cache is not None else self.make_cache()
-        h = self.embed(ids)  # (T, hidden)
-        if self.embed_scale != 1.0:
-            h = h * np.float32(self.embed_scale)
-        for i, block in enumerate(self.blocks):
-            h = block(h, cache, i)
+        h = self.run_blocks(self.embed_tokens(ids), cache)
         cache.advance(len(ids))
         if last_only:
             h = h[-1:]
-        logits = self.lm_head(self.norm(h))  # (T, vocab)
+        return self.head(self.norm(h)).astype(np.float32, copy=False)
+
+    # The steps forward is made of, public so that calibration can run part of the model, feed its
+    # own replacement tables, and keep each block's input.
+    def embed_tokens(self, ids: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
+        """Hidden states (T, hidden) for token ids; `table` (vocab, hidden) replaces the embedding."""
+        h = np.ascontiguousarray(table[ids]) if table is not None else self.embed(ids)  # (T, hidden)
+        return h * np.float32(self.embed_scale) if self.embed_scale != 1.0 else h
+
+    def run_blocks(self, h: np.ndarray, cache: KVCache, start: int = 0, inputs: list | None = None) -> np.ndarray:
+        """Blocks `start`.. over h (T, hidden), before the final norm; `inputs` collects each block's input."""
+        for i in range(start, len(self.blocks)):
+            if inputs is not None:
+                inputs.append(h)
+            h = self.blocks[i](h, cache, i)
+        return h
+
+    def head(self, hn: np.ndarray, head_t: np.ndarray | None = None) -> np.ndarray:
+        """Logits (T, vocab) for normed hidden states; `head_t` (hidden, vocab) replaces the head."""
+        logits = hn @ head_t if head_t is not None else self.lm_head(hn)
         if self.logit_softcap:
             logits = np.tanh(logits / self.logit_softcap) * self.logit_softcap
-        return logits.astype(np.float32, copy=False)
+        return logits
 
     @property
     def embed_rows(self) -> int:

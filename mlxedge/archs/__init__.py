@@ -1,0 +1,120 @@
+"""What mlxedge knows about each architecture, one module per mlx-lm `model_type`.
+
+`get("qwen2")` imports `mlxedge.archs.qwen2`, as mlx-lm finds `mlx_lm.models.qwen2`: no registry.
+Each module holds the facts every reader and backend needs about that architecture:
+
+    MODEL_TYPE, HF_CLASS      config.json's model_type and architectures
+    GGUF_ARCH                 llama.cpp's general.architecture (None: no GGUF reader)
+    NUMPY                     the NumPy backend's family module (backends/numpy/<NUMPY>.py)
+    FLOAT_DTYPE               16-bit float the model needs (bfloat16: activations need its range)
+    GGUF_BLOCK                llama.cpp per-block tensor names -> mlx-lm module paths
+    PERMUTED_QK, NORM_PLUS_ONE  llama.cpp conventions the GGUF reader undoes
+    ONNX                      the ONNX reader was checked on real exports of it
+    DROP_TIED_HEAD            mlx-lm's sanitize drops lm_head whenever the config says tied
+    TIE_DEFAULT               tie_word_embeddings when config.json does not say (mlx-lm's default)
+    gguf_config(config, get, tensor_names)  architecture-specific config.json fields from GGUF
+    parameters(config)        every parameter mlx-lm's model asks for -> shape (out, in)
+
+`check(config, shapes, where)` is the completeness check every reader ends with.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from types import ModuleType
+
+from ..errors import MlxEdgeError
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.(.*)")
+
+
+def get(model_type: str) -> ModuleType:
+    """The architecture module for an mlx-lm model_type."""
+    if not isinstance(model_type, str) or not re.fullmatch(r"[a-z0-9_]+", model_type or ""):
+        raise MlxEdgeError(f"unsupported model_type {model_type!r} (supported: {', '.join(supported())})")
+    try:
+        return importlib.import_module(f"{__name__}.{model_type}")
+    except ModuleNotFoundError:
+        raise MlxEdgeError(f"unsupported model_type {model_type!r} (supported: {', '.join(supported())})") from None
+
+
+def supported() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def from_gguf(gguf_arch: str) -> ModuleType:
+    """The architecture module whose GGUF_ARCH is llama.cpp's `general.architecture`."""
+    for name in supported():
+        mod = get(name)
+        if mod.GGUF_ARCH == gguf_arch:
+            return mod
+    names = [get(n).GGUF_ARCH for n in supported() if get(n).GGUF_ARCH]
+    raise MlxEdgeError(f"unsupported architecture {gguf_arch!r} (supported: {', '.join(names)})")
+
+
+def sort_key(name: str) -> tuple:
+    """Parameter order in a bundle: embedding, then block by block, then norm and head."""
+    m = _LAYER.match(name)
+    return (1, int(m.group(1)), m.group(2)) if m else (0 if "embed" in name else 2, 0, name)
+
+
+def head_dim(config: dict) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def llama_parameters(config: dict, norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm"),
+                     qk_norm: bool = False) -> dict[str, tuple]:
+    """Parameters of a llama-shaped decoder (separate q/k/v, gated MLP) -> shape."""
+    hidden, ffn = config["hidden_size"], config["intermediate_size"]
+    hd = head_dim(config)
+    nq = config["num_attention_heads"] * hd
+    nkv = (config.get("num_key_value_heads") or config["num_attention_heads"]) * hd
+    block = {"self_attn.q_proj": (nq, hidden), "self_attn.k_proj": (nkv, hidden),
+             "self_attn.v_proj": (nkv, hidden), "self_attn.o_proj": (hidden, nq),
+             "mlp.gate_proj": (ffn, hidden), "mlp.up_proj": (ffn, hidden), "mlp.down_proj": (hidden, ffn),
+             **{n: (hidden,) for n in norms}}
+    if qk_norm:
+        block |= {"self_attn.q_norm": (hd,), "self_attn.k_norm": (hd,)}
+    return decoder(config, block)
+
+
+def decoder(config: dict, block: dict[str, tuple]) -> dict[str, tuple]:
+    """The block's modules for every layer, plus embedding, final norm and (untied) head."""
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    out = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(config["num_hidden_layers"]):
+        out |= {f"model.layers.{i}.{m}.weight": shape for m, shape in block.items()}
+    out["model.norm.weight"] = (hidden,)
+    if not config.get("tie_word_embeddings", get(config["model_type"]).TIE_DEFAULT):
+        out["lm_head.weight"] = (vocab, hidden)
+    return out
+
+
+def check(config: dict, shapes: dict[str, tuple], where: str) -> None:
+    """Every parameter mlx-lm will ask for is there with its shape, and nothing else is left.
+
+    Biases (qwen2's q/k/v, llama's attention_bias) are checked against their weight's rows; a
+    tied model may carry an lm_head that duplicates nothing (mlx-lm then uses it)."""
+    arch = get(config["model_type"])
+    try:
+        want = arch.parameters(config)
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        raise MlxEdgeError(f"{where}: config.json cannot describe a {config['model_type']} model ({e!r})") from None
+    missing = sorted(set(want) - set(shapes), key=sort_key)
+    if missing:
+        raise MlxEdgeError(f"{where} is missing {len(missing)} tensors for {config['model_type']}, "
+                           f"e.g. {missing[0]}")
+    for name, shape in shapes.items():
+        base = name[: -len(".bias")] + ".weight" if name.endswith(".bias") else None
+        if base in want:
+            expected = want[base][:1]
+        elif name in want:
+            expected = want[name]
+        elif name == "lm_head.weight":  # a tied model's own head (kept when it differs)
+            expected = want["model.embed_tokens.weight"]
+        else:
+            raise MlxEdgeError(f"{where}: unexpected tensor {name} for {config['model_type']}")
+        if tuple(shape) != tuple(expected):
+            raise MlxEdgeError(f"{where}: {name} has shape {list(shape)}, the config says {list(expected)}")

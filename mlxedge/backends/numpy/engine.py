@@ -1,0 +1,42 @@
+"""The NumPy backend as an `mlxedge.engine.Engine`: our sampling loop over `forward`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ...engine import process_peak_rss, sample_tokens
+from ...sampling import SamplingParams
+from . import load
+
+
+class NumpyEngine:
+    """Adapts `mlxedge.backends.numpy` (`load(dir)`, `make_cache()`, `forward(ids, cache)`) to `Engine`."""
+
+    name = "numpy"
+
+    def __init__(self, directory: str | Path):
+        self.model = load(directory)
+        self.config = self.model.config
+
+    def make_cache(self) -> Any:
+        return self.model.make_cache()
+
+    def cache_length(self, cache: Any) -> int:
+        return int(cache.offset)
+
+    def trim_cache(self, cache: Any, n: int) -> bool:
+        cache.trim(n)
+        return True
+
+    def forward(self, ids: Sequence[int], cache: Any = None, last_only: bool = False) -> np.ndarray:
+        return self.model.forward(np.asarray(ids, dtype=np.int64), cache, last_only=last_only)
+
+    def token_stream(self, ids: Sequence[int], cache: Any, params: SamplingParams,
+                     history: Sequence[int] = ()) -> Iterator[int]:
+        return sample_tokens(lambda t, c: self.forward(t, c, last_only=True), ids, cache, params, history)
+
+    def peak_memory(self) -> int:
+        return process_peak_rss()

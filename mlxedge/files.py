@@ -1,0 +1,24 @@
+"""Small file helpers every layer uses: JSON objects read with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import MlxEdgeError
+
+
+def read_json(path: str | Path, missing_ok: bool = False) -> dict:
+    """A JSON object file; {} for a missing file when `missing_ok`; else one line saying why not."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MlxEdgeError(f"{path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise MlxEdgeError(f"{path} is unreadable: {e}") from None
+    if not isinstance(obj, dict):
+        raise MlxEdgeError(f"{path} is not a JSON object")
+    return obj

@@ -1,0 +1,154 @@
+"""The conversion pipeline: Source -> bundle directory, one tensor in memory at a time.
+
+read (formats/: the reader renames and fixes conventions) -> the recipe picks a target per
+tensor -> quantize or repack (quant/) -> stream into safetensors (formats/bundle.py). Recipes
+arrive finished (mlxedge/convert.py resolves names, mlxedge/planner.py calibrates `bpwX`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .dtypes import NUMPY, round_bf16, to_bf16_bits
+from .formats.bundle import BundleWriter
+from .formats.source import FLOAT_TYPES, Source, SourceTensor
+from .progress import progress
+from .quant import affine
+from .quant.recipes import FALLBACK, Recipe, Target, is_matrix
+from .safetensors import bits_per_weight
+
+
+def _float_array(x: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
+    if dtype == "bfloat16":
+        return to_bf16_bits(x), "BF16"
+    return np.asarray(x, dtype=NUMPY[dtype]), None
+
+
+def _lossless_float(x: np.ndarray, preferred: str) -> str:
+    """The smallest of (preferred dtype, float32) that holds x exactly."""
+    x32 = np.asarray(x, dtype=np.float32)
+    if preferred == "bfloat16":
+        back = round_bf16(x32)
+    else:
+        back = x32.astype(np.float16).astype(np.float32)
+    return preferred if np.array_equal(back, x32) else "float32"
+
+
+def _resolve(t: SourceTensor, target: Target) -> Target:
+    """Turn "keep" into a concrete target and make affine targets fit the tensor's shape."""
+    if target.kind == "affine":
+        if not is_matrix(t.name, t.shape):
+            return Target("float", target.dtype if target.dtype != "float32" else "float16")
+        if t.shape[-1] % target.group_size:
+            g = next((g for g in (128, 64, 32) if g < target.group_size and t.shape[-1] % g == 0), None)
+            return Target("affine", target.dtype, target.bits, g) if g else Target("float", "float16")
+    return target
+
+
+def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=None):
+    """-> (list of (name, array, st_dtype)), record dict, (bits, group_size) or None.
+
+    `quantize(name, w, target) -> Affine` replaces MLX's round-to-nearest when the recipe has one."""
+    target = _resolve(t, target)
+    record: dict = {"source": t.src_type}
+    if target.kind == "keep":
+        aff = t.affine() if t.affine is not None else None
+        if (aff is not None and float_dtype == "bfloat16" and t.name == "model.embed_tokens.weight"
+                and aff.scales.dtype == np.float16):  # bfloat16 scales (a bundle source) already fit
+            # mlx-lm computes in the embedding's output dtype: float16 scales would run a model
+            # that needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact.
+            aff.scales, aff.biases = aff.scales.astype(np.float32), aff.biases.astype(np.float32)
+        if aff is not None:
+            record["target"] = f"affine{aff.bits}g{aff.group_size}"
+            record["exact"] = True
+            return _affine_arrays(t.name, aff), record, (aff.bits, aff.group_size)
+        if t.src_type in FLOAT_TYPES or not is_matrix(t.name, t.shape):
+            x = t.dense()
+            dtype = _lossless_float(x, float_dtype)
+            arr, st = _float_array(x, dtype)
+            record["target"] = dtype
+            return [(t.name, arr, st)], record, None
+        target = _resolve(t, FALLBACK)
+    x = t.dense()
+    if target.kind == "float":
+        arr, st = _float_array(x, target.dtype)
+        record["target"] = target.dtype
+        return [(t.name, arr, st)], record, None
+    if quantize is not None:
+        aff = quantize(t.name, x, target)
+    else:
+        aff = affine.quantize(x, target.bits, target.group_size, scale_dtype=target.dtype)
+    err = np.abs(aff.dequantize() - x)
+    record.update(target=f"affine{target.bits}g{target.group_size}",
+                  max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
+    return _affine_arrays(t.name, aff), record, (target.bits, target.group_size)
+
+
+def _affine_arrays(name: str, aff: affine.Affine):
+    base = name[: -len(".weight")]
+    out = [(name, aff.packed(), None)]
+    for suffix, arr in (("scales", aff.scales), ("biases", aff.biases)):
+        if arr.dtype == np.uint16:  # bfloat16 bits
+            out.append((f"{base}.{suffix}", arr, "BF16"))
+        else:
+            out.append((f"{base}.{suffix}", arr, None))
+    return out
+
+
+def convert_source(source: Source, out: str | Path, recipe: Recipe, force: bool = False,
+                   show_progress: bool = True) -> Path:
+    """Write `source` as a bundle at `out` with a finished `recipe`; returns `out`."""
+    tensors: dict[str, dict] = {}
+    modules: dict[str, tuple[int, int] | None] = {}
+    weight_counts: Counter = Counter()
+    n_params = 0
+    stored_bits = 0
+    with BundleWriter(out, force=force) as w:
+        stream = list(source.tensors())
+        for t in progress(stream, desc="convert", unit="tensor", disable=not show_progress):
+            arrays, record, qspec = _convert_tensor(t, recipe(t.name, t.shape, t.src_type), source.float_dtype,
+                                                    recipe.quantize)
+            for name, arr, st in arrays:
+                w.add(name, arr, st)
+                stored_bits += arr.nbytes * 8
+            tensors[t.name] = record
+            n_params += t.numel
+            if is_matrix(t.name, t.shape):
+                modules[t.name[: -len(".weight")]] = qspec
+                if qspec:
+                    weight_counts[qspec] += t.numel
+        config = dict(source.config)
+        if weight_counts:
+            config["quantization"] = config["quantization_config"] = quantization_config(modules, weight_counts)
+        w.write_json("config.json", config)
+        for fname, obj in source.tokenizer_files.items():
+            w.write_json(fname, obj)
+        w.write_json("generation_config.json", source.generation_config)
+        w.write_json("mlxedge.json", {
+            "mlxedge_version": __version__,
+            "source": {"path": str(Path(source.path).resolve()), "format": source.format,
+                       "sha256": source.sha256(), **source.info},
+            "recipe": recipe.name,
+            "parameters": n_params,
+            "bits_per_weight": round(bits_per_weight(stored_bits, n_params), 4),
+            "tensors": tensors,
+            **({"recipe_info": recipe.info} if recipe.info else {}),
+        })
+        return w.commit()
+
+
+def quantization_config(modules: dict[str, tuple[int, int] | None], weight_counts: Counter) -> dict:
+    """mlx-lm's config["quantization"]: the most common (bits, group) on top, other modules by path
+    (`False` keeps one in float)."""
+    (bits, group), _ = weight_counts.most_common(1)[0]
+    quant_cfg: dict = {"group_size": group, "bits": bits, "mode": "affine"}
+    for mod, spec in modules.items():
+        if spec is None:
+            quant_cfg[mod] = False
+        elif spec != (bits, group):
+            quant_cfg[mod] = {"group_size": spec[1], "bits": spec[0], "mode": "affine"}
+    return quant_cfg
