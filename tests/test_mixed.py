@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from mlxedge.errors import MlxEdgeError
-from mlxedge.quant import mixed, recipes, search
+from mlxedge import planner
+from mlxedge.quant import alloc, recipes, search
 
 
 # -- mlx-lm's mixed_* and llama.cpp's Q4_K_M ----------------------------------------------------
@@ -73,11 +74,11 @@ def random_table(seed: int, n: int = 12) -> dict:
     table = {}
     for i in range(n):
         numel = int(rng.choice([64, 128, 256])) * 128
-        opts = mixed.OPTIONS
+        opts = alloc.OPTIONS
         scale = rng.lognormal(0, 2)
         damages = [scale * 4.0 ** -b * (1 + g / 256) * rng.uniform(0.8, 1.2) for b, g in opts]
         table[f"t{i}.weight"] = {"numel": numel, "options": list(opts), "damages": damages,
-                                 "costs": [mixed.option_cost(numel, b, g) for b, g in opts], "importance": None}
+                                 "costs": [alloc.option_cost(numel, b, g) for b, g in opts], "importance": None}
     table["norm.weight"] = {"numel": 128, "options": [], "costs": [], "damages": [], "importance": None}
     return table
 
@@ -85,9 +86,9 @@ def random_table(seed: int, n: int = 12) -> dict:
 @pytest.mark.parametrize("target", [2.3, 2.75, 3.0, 3.5, 4.25, 5.0, 8.0])
 def test_allocation_respects_budget_and_is_deterministic(target):
     table = random_table(0)
-    choice, summary = mixed.plan(table, target)
-    assert choice == mixed.plan(random_table(0), target)[0]
-    stored = sum(mixed.option_cost(table[n]["numel"], *o) for n, o in choice.items() if o)
+    choice, summary = alloc.plan(table, target)
+    assert choice == alloc.plan(random_table(0), target)[0]
+    stored = sum(alloc.option_cost(table[n]["numel"], *o) for n, o in choice.items() if o)
     stored += sum(16 * t["numel"] for t in table.values() if not t["options"])
     n_params = sum(t["numel"] for t in table.values())
     assert stored <= target * n_params
@@ -97,7 +98,7 @@ def test_allocation_respects_budget_and_is_deterministic(target):
 
 def test_more_budget_never_hurts():
     table = random_table(1)
-    damages = [mixed.plan(table, t)[1]["predicted_kl"] for t in np.arange(2.3, 9.0, 0.1)]
+    damages = [alloc.plan(table, t)[1]["predicted_kl"] for t in np.arange(2.3, 9.0, 0.1)]
     assert all(b <= a for a, b in zip(damages, damages[1:]))
 
 
@@ -110,7 +111,7 @@ def test_greedy_is_optimal_on_convex_unit_steps():
         drops = np.sort(rng.uniform(0.1, 1.0, 3))[::-1]  # shrinking gains: convex
         damages.append(list(np.concatenate([[0], -np.cumsum(drops)]) + 10))
     for budget in range(0, 16):
-        choice = mixed.allocate(costs, damages, budget)
+        choice = alloc.allocate(costs, damages, budget)
         best = min(sum(d[i] for d, i in zip(damages, c))
                    for c in itertools.product(range(4), repeat=5) if sum(c) <= budget)
         assert sum(d[i] for d, i in zip(damages, choice)) == pytest.approx(best)
@@ -119,12 +120,12 @@ def test_greedy_is_optimal_on_convex_unit_steps():
 
 def test_budget_too_small():
     with pytest.raises(MlxEdgeError, match="below the smallest"):
-        mixed.plan(random_table(0), 2.0)
+        alloc.plan(random_table(0), 2.0)
 
 
 def test_hull_drops_dominated_options():
-    assert mixed.hull([10, 20, 30, 40], [5.0, 6.0, 1.0, 0.5]) == [0, 2, 3]
-    assert mixed.hull([10, 20, 30], [9.0, 5.0, 0.0]) == [0, 2]  # 20 lies above the 10 -> 30 line
+    assert alloc.hull([10, 20, 30, 40], [5.0, 6.0, 1.0, 0.5]) == [0, 2, 3]
+    assert alloc.hull([10, 20, 30], [9.0, 5.0, 0.0]) == [0, 2]  # 20 lies above the 10 -> 30 line
 
 
 # -- the weighted search quantizer ---------------------------------------------------------------
@@ -182,7 +183,7 @@ def test_damage_ranks_like_measured_kl(tiny):
     from mlxedge.convert import open_source
 
     source = open_source(tiny)
-    table = mixed.analyze(source, show_progress=False, **CALIB).table
+    table = planner.analyze(source, show_progress=False, **CALIB).table
     model, tok = mlx_lm.load(str(tiny))
     ids = mx.array(tok.encode(texts.evaluation_text())[:200])[None]
     logp = lambda: np.array(mx.log(mx.softmax(model(ids)[0].astype(mx.float32), axis=-1)), dtype=np.float64)
@@ -257,7 +258,6 @@ def test_cli_target_bpw_is_reproducible(tiny, tmp_path):
     digests = []
     for k, seed in enumerate((7, 7, 8)):
         out = tmp_path / f"out{k}"
-        mixed._CACHE.clear()
         assert cli.main(["convert", str(tiny), "-o", str(out), "--target-bpw", "3.25", "--calib", str(calib),
                          "--seed", str(seed), "--quiet"]) == 0
         digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())

@@ -16,6 +16,8 @@ import io
 import json
 from pathlib import Path
 
+from mlxedge.formats.gguf_pretok import byte_chars
+
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3_text", "phi3")
 
 # Shared by every tiny model: 4 query heads over 2 kv heads (GQA), head_dim 16.
@@ -157,23 +159,10 @@ def _randomize(model, mx, seed: int, gemma: bool) -> None:
     mx.eval(model.parameters())
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte-level BPE alphabet: printable bytes map to themselves, the rest to chr(256 + n)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    table, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + n)
-            n += 1
-    return table
-
-
 def _write_tokenizer(out: Path) -> None:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}  # token id == byte value
+    vocab = {ch: b for b, ch in enumerate(byte_chars())}  # token id == byte value
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()

@@ -23,52 +23,10 @@ import numpy as np
 
 from ..errors import MlxEdgeError
 from .gguf_file import read_header
+from .gguf_pretok import LLAMA3 as _LLAMA3, PRE as _PRE, byte_chars
 
 # tokenizer.ggml.token_type values (llama.h `llama_token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
-# The regexes are llama.cpp's own spellings, which differ from the tokenizer.json originals where
-# its engine differs: contractions spelled '[sS] (not (?i:'s), which also takes "'ſ"), and GPT-4o /
-# Tekken letters as "(?=\p{L})[^a-z]", so combining marks (U+FE0F...) are not part of a word.
-# The GPT-2 split also ends with `\s+`: llama.cpp's hand-written version of it does.
-_S = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_LLAMA3 = _S + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_QWEN2 = _S + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_QWEN35 = (
-    _S + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_UPPER = r"((?=[\p{L}])([^a-z]))"  # a letter that is not a-z
-_LOWER = r"((?=[\p{L}])([^A-Z]))"
-_GPT4O = (
-    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_S}?|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_S}?"
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_TEKKEN = (
-    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-# tokenizer.ggml.pre -> (regexes applied in turn, ignore_merges), as in llama_vocab::impl::load and
-# llm_tokenizer_bpe. Qwen3 GGUFs say "qwen2"; Phi-3 is SentencePiece, Phi-2 "phi-2", Phi-4 "dbrx".
-_PRE: dict[str, tuple[list[str], bool]] = {}
-for _names, _regexes, _ignore in [
-    (("default",), [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], False),
-    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"), [_LLAMA3], True),
-    (("dbrx", "smaug-bpe"), [_LLAMA3], False),
-    (("chatglm-bpe",), [_LLAMA3], False),
-    (("glm4", "glm5"), [_LLAMA3], True),
-    (("qwen2", "deepseek-r1-qwen", "stablelm2", "hunyuan", "megrez"), [_QWEN2], False),
-    (("qwen35",), [_QWEN35], False),
-    (("gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4", "roberta-bpe", "trillion", "granite-docling"), [_GPT2], False),
-    (("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2"),
-     [r"\p{N}", _GPT2], False),
-    (("falcon",), [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"], False),
-    (("gpt-4o", "llama4"), [_GPT4O], False),
-    (("tekken",), [_TEKKEN], False),
-]:
-    for _name in _names:
-        _PRE[_name] = (_regexes, _ignore)
 
 # Texts llama.cpp treats as end of generation whatever their type (llama_vocab::impl::load).
 _EOG_TEXTS = (
@@ -229,7 +187,7 @@ def _byte_level_bpe(meta: dict) -> tuple[dict, Any, Any, dict]:
     # A byte the vocabulary lacks (SmolLM2 has none for 0x04, 0xF2, ...) is dropped by both, but
     # llama.cpp drops it after merging, so it keeps its neighbours apart: cut the word there.
     vocab = set(meta["tokenizer.ggml.tokens"])
-    missing = "".join(c for c in _byte_chars() if c not in vocab)
+    missing = "".join(c for c in byte_chars() if c not in vocab)
     if missing:
         pattern = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in missing) + "]"
         splits.append({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False})
@@ -300,19 +258,6 @@ def _checked_tokens(meta: dict) -> dict:
     if len(set(meta["tokenizer.ggml.tokens"])) != len(tokens):
         raise MlxEdgeError("GGUF vocabulary repeats a token text (llama.cpp refuses such files too)")
     return meta
-
-
-def _byte_chars() -> list[str]:
-    """GPT-2's byte-level alphabet: byte b is spelled by the character at index b."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:  # unprintable bytes move past 255, in order
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
 
 
 def _vocab(tokens: list[str]) -> dict[str, int]:
