@@ -18,7 +18,7 @@ import numpy as np
 from .. import archs
 from ..errors import MlxEdgeError
 from ..files import read_json
-from .onnx_graph import OnnxGraph
+from .onnx_graph import DTYPES, OnnxGraph
 from .onnx_weights import Weight, collect
 from .source import Source, SourceTensor
 
@@ -182,8 +182,6 @@ def _rope_theta(graph: OnnxGraph, head_dim: int) -> float:
 
 def _float_dtype(graph: OnnxGraph) -> str:
     """The model's compute dtype: that of its logits output."""
-    from .onnx_graph import DTYPES
-
     for out in graph.model.graph.output:
         if out.name == "logits":
             name = DTYPES.get(out.type.tensor_type.elem_type, ("float32",))[0]
