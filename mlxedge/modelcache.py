@@ -67,6 +67,11 @@ def _remove_stale(models: Path, real_path: str, keep: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def convert_gguf(gguf: Path, out: Path, show_progress: bool = False) -> Path:
+    """What a cache entry holds: the GGUF converted with `keep`."""
+    return convert_source(open_source(gguf), out, get_recipe("keep"), show_progress=show_progress)
+
+
 def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
     """The bundle converted from `gguf`, converting it first if the cache has no valid entry."""
     gguf = Path(gguf)
@@ -85,7 +90,7 @@ def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
     try:
         if not quiet:
             print(f"converting {gguf} into {entry} (once)", file=sys.stderr)
-        bundle = convert_source(open_source(gguf), work / "bundle", get_recipe("keep"), show_progress=not quiet)
+        bundle = convert_gguf(gguf, work / "bundle", show_progress=not quiet)
         (bundle / MANIFEST).write_text(json.dumps({"source": key, "files": _file_sizes(bundle)}, indent=1))
         try:
             os.rename(bundle, entry)

@@ -107,12 +107,10 @@ def test_chat_ctrl_c_stops_the_reply_not_the_chat(tiny):
 @pytest.fixture
 def fake_convert(tiny, tmp_path, monkeypatch):
     """A .gguf whose conversion is replaced by a copy of the tiny bundle, counting conversions."""
-    import mlxedge.convert
-
     monkeypatch.setenv("MLXEDGE_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def convert(src, out, **kw):
+    def convert(src, out, show_progress=False):
         calls.append(Path(src))
         shutil.copytree(tiny, out)
         meta = json.loads((Path(out) / "mlxedge.json").read_text())
@@ -120,7 +118,7 @@ def fake_convert(tiny, tmp_path, monkeypatch):
         (Path(out) / "mlxedge.json").write_text(json.dumps(meta))
         return Path(out)
 
-    monkeypatch.setattr(mlxedge.convert, "convert", convert)
+    monkeypatch.setattr(modelcache, "convert_gguf", convert)
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF" + bytes(100))
     return gguf, calls
@@ -170,16 +168,14 @@ def test_damaged_entry_is_rebuilt(fake_convert, damage):
 
 
 def test_failed_conversion_leaves_nothing(fake_convert, monkeypatch, tmp_path):
-    import mlxedge.convert
-
     gguf, _ = fake_convert
 
-    def broken(src, out, **kw):
+    def broken(src, out, show_progress=False):
         Path(out).mkdir()
         (Path(out) / "config.json").write_text("{}")
         raise MlxEdgeError("unsupported tensor type")
 
-    monkeypatch.setattr(mlxedge.convert, "convert", broken)
+    monkeypatch.setattr(modelcache, "convert_gguf", broken)
     with pytest.raises(MlxEdgeError, match="unsupported"):
         modelcache.resolve(gguf)
     models = tmp_path / "cache" / "models"
