@@ -50,6 +50,8 @@ class SamplingParams:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(..., vocab) in float32 throughout, as mlx-lm's sampler computes it (metrics.log_softmax sums
+    in float64 for evaluation; sampling follows mlx-lm's rounding instead)."""
     x = np.asarray(logits, dtype=np.float32)
     m = np.max(x, axis=-1, keepdims=True)
     return x - (m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True)))
