@@ -17,8 +17,8 @@ def read_json(path: str | Path, missing_ok: bool = False) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MlxEdgeError(f"{path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise MlxEdgeError(f"{path} is unreadable: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise MlxEdgeError(f"{path} is unreadable: {str(e)[:200] or type(e).__name__}") from None
     if not isinstance(obj, dict):
-        raise MlxEdgeError(f"{path} is not a JSON object")
+        raise MlxEdgeError(f"{path} is a JSON {type(obj).__name__}, expected an object")
     return obj

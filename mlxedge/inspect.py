@@ -7,10 +7,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from . import archs
 from .errors import MlxEdgeError
 from .files import read_json
 from .formats.bundle import read_config
-from .formats.gguf import open_gguf, split_paths
+from .formats.gguf import open_gguf, read_gguf, split_paths
+from .formats.hf import read_hf
 from .safetensors import scan_all, stats, tensor_kinds
 
 
@@ -27,9 +29,19 @@ def inspect(path: str | Path) -> dict:
     return _inspect_gguf(path)
 
 
+def _convertible(gguf_arch) -> bool:
+    try:
+        archs.from_gguf(gguf_arch)
+        return True
+    except MlxEdgeError:
+        return False
+
+
 def _inspect_gguf(path: Path) -> dict:
     meta, tensors = open_gguf(path)
     arch = meta.get("general.architecture", "?")
+    if _convertible(arch):  # the checks convert makes: config derived from metadata vs tensor shapes
+        read_gguf(path)
     params = sum(t.n_elements for t in tensors)
     nbytes = sum(t.n_bytes for t in tensors)
     hist: Counter = Counter()
@@ -52,6 +64,7 @@ def _inspect_gguf(path: Path) -> dict:
 
 def _inspect_bundle(path: Path) -> dict:
     config = read_config(path)
+    read_hf(path)  # the checks a backend makes before loading: headers vs files, shapes, tokenizer
     q = config.get("quantization") or {}
     tensors = scan_all(path)
     hist: Counter = Counter()

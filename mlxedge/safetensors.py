@@ -9,6 +9,7 @@ as its unpacked element count.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Callable
@@ -25,18 +26,56 @@ NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(n
             np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int8): "I8"}
 FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 MAX_HEADER = 100 * 1024**2
+QUANT_BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine quantization packs
+QUANT_GROUPS = (32, 64, 128)
 
 
 def read_header(path: str | Path) -> tuple[int, dict]:
-    """(header length, header) of a safetensors file; tensor data starts at byte 8 + length."""
+    """(header length, header) of a safetensors file; tensor data starts at byte 8 + length.
+
+    Every entry is checked against the file before anything is viewed: a known dtype, a shape of
+    non-negative integers, data_offsets inside the data section whose length is shape x dtype size."""
+    path = Path(path)
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            if n > MAX_HEADER:
-                raise ValueError("header too large")
-            return n, json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise MlxEdgeError(f"{path} is not a readable safetensors file ({e})") from None
+            if n > min(MAX_HEADER, size - 8):
+                raise ValueError(f"header length {n} is past the end of the file ({size} bytes)")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error, RecursionError) as e:
+        raise MlxEdgeError(f"{path} is not a readable safetensors file ({str(e)[:200]})") from None
+    if not isinstance(header, dict):
+        raise MlxEdgeError(f"{path}: the safetensors header is a JSON {type(header).__name__}, expected an object")
+    data_size = size - 8 - n
+    for name, info in header.items():
+        if name != "__metadata__":
+            _check_entry(path, name, info, data_size)
+    return n, header
+
+
+def _check_entry(path: Path, name: str, info, data_size: int) -> None:
+    def bad(what: str) -> MlxEdgeError:
+        return MlxEdgeError(f"{path}: tensor {name} {what}")
+
+    if not isinstance(info, dict):
+        raise bad(f"is described by {type(info).__name__}, expected an object with dtype, shape, data_offsets")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPES:
+        raise bad(f"has unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+    if (not isinstance(shape, list) or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise bad(f"has shape {shape!r}, expected a list of at most 8 non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise bad(f"has data_offsets {offsets!r}, expected [begin, end]")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise bad(f"has data_offsets [{begin}, {end}] outside the file's {data_size} data bytes "
+                  f"(truncated or corrupt file)")
+    want = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
+    if end - begin != want:
+        raise bad(f"holds {end - begin} bytes, but shape {shape} of {dtype} needs {want}")
 
 
 class Tensor:
@@ -76,8 +115,6 @@ def scan(path: str | Path) -> dict[str, Tensor]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in DTYPES:
-            raise MlxEdgeError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
         shape = tuple(info["shape"])
         start, end = info["data_offsets"]
         out[name] = Tensor(info["dtype"], shape, view(start, end, DTYPES[info["dtype"]], shape))
@@ -91,8 +128,10 @@ def weight_files(root: str | Path) -> list[Path]:
     if index.exists():
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as e:
-            raise MlxEdgeError(f"{index} is unreadable: {e}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise MlxEdgeError(f"{index} is unreadable: {e!r}") from None
+        if not all(isinstance(n, str) and Path(n).name == n for n in names):
+            raise MlxEdgeError(f"{index}: weight_map names files outside the directory")
         files = [root / n for n in names]
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -115,14 +154,20 @@ def scan_all(root: str | Path) -> dict[str, Tensor]:
 def quant_spec(qcfg: dict, prefix: str) -> tuple[int, int]:
     """(bits, group_size) of module `prefix`: mlx-lm's per-module entry if it is a dict, else the
     top-level one. Only affine quantization is supported."""
+    if not isinstance(qcfg, dict):
+        raise MlxEdgeError(f"config.json \"quantization\" is {qcfg!r}, expected an object")
     spec = qcfg.get(prefix)
     if not isinstance(spec, dict):
         spec = qcfg
     if spec.get("mode", "affine") != "affine":
         raise MlxEdgeError(f"{prefix}: quantization mode {spec.get('mode')!r} is not supported (affine only)")
-    if spec.get("bits") is None or spec.get("group_size") is None:
+    bits, group = spec.get("bits"), spec.get("group_size")
+    if bits is None or group is None:
         raise MlxEdgeError(f"{prefix} is quantized but config.json gives no bits/group_size for it")
-    return int(spec["bits"]), int(spec["group_size"])
+    if bits not in QUANT_BITS or group not in QUANT_GROUPS or isinstance(bits, bool) or isinstance(group, bool):
+        raise MlxEdgeError(f"config.json quantization of {prefix}: bits {bits!r} / group_size {group!r}, expected "
+                           f"bits in {QUANT_BITS} and group_size in {QUANT_GROUPS}")
+    return bits, group
 
 
 def tensor_kinds(tensors: dict[str, Tensor], qcfg: dict) -> dict[str, tuple[str, int]]:

@@ -16,13 +16,10 @@ from typing import Any, Iterable
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import MlxEdgeError
 from .files import read_json
-
-SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
+from .formats.tokenizer_files import SPECIAL_KEYS, check_config, load_tokenizer_json
 
 def _token_text(value: Any) -> str | None:
     """tokenizer_config stores special tokens as strings or AddedToken dicts ({"content": ...})."""
@@ -31,10 +28,13 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _as_id_list(value: Any) -> list[int]:
+def _as_id_list(value: Any, where: str = "eos_token_id") -> list[int]:
     if value is None:
         return []
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+    ids = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise MlxEdgeError(f"{where} is {value!r}, expected a token id or a list of token ids")
+    return ids
 
 
 @lru_cache(maxsize=16)
@@ -63,11 +63,9 @@ class Tokenizer:
         path = directory / "tokenizer.json"
         if not path.is_file():
             raise MlxEdgeError(f"{directory} has no tokenizer.json")
-        try:
-            self._tok = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the tokenizers library raises bare Exceptions on bad files
-            raise MlxEdgeError(f"{path} is not a valid tokenizer: {str(e).splitlines()[0]}") from None
+        self._tok = load_tokenizer_json(str(path), path)
         self.config = read_json(directory / "tokenizer_config.json", missing_ok=True)
+        check_config(self.config, directory / "tokenizer_config.json")
         self.special_tokens: dict[str, str] = {}
         for key in SPECIAL_KEYS:
             text = _token_text(self.config.get(key))
@@ -79,7 +77,8 @@ class Tokenizer:
 
         gen = read_json(directory / "generation_config.json", missing_ok=True)
         model_cfg = read_json(directory / "config.json", missing_ok=True)
-        eos = set(_as_id_list(gen.get("eos_token_id"))) | set(_as_id_list(model_cfg.get("eos_token_id")))
+        eos = set(_as_id_list(gen.get("eos_token_id"), f"{directory / 'generation_config.json'}: eos_token_id"))
+        eos |= set(_as_id_list(model_cfg.get("eos_token_id"), f"{directory / 'config.json'}: eos_token_id"))
         eos |= {int(i) for i in extra_eos_ids}
         if self.eos_token is not None and self.token_to_id(self.eos_token) is not None:
             eos.add(self.token_to_id(self.eos_token))

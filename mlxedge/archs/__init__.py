@@ -15,12 +15,14 @@ Each module holds the facts every reader and backend needs about that architectu
     gguf_config(config, get, tensor_names)  architecture-specific config.json fields from GGUF
     parameters(config)        every parameter mlx-lm's model asks for -> shape (out, in)
 
-`check(config, shapes, where)` is the completeness check every reader ends with.
+`check_config(config, where)` checks config.json's fields and types (every reader and the bundle
+loader use it); `check(config, shapes, where)` is the completeness check every reader ends with.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 import re
 from types import ModuleType
@@ -92,12 +94,74 @@ def decoder(config: dict, block: dict[str, tuple]) -> dict[str, tuple]:
     return out
 
 
+# config.json fields every architecture reads: (required, low, high). Bounds are generous; they keep
+# a corrupt count from sizing anything (the layer count is also bounded by the tensors present).
+INT_FIELDS = {"hidden_size": (True, 1, 1 << 20), "intermediate_size": (True, 1, 1 << 22),
+              "num_hidden_layers": (True, 1, 1 << 16), "num_attention_heads": (True, 1, 1 << 14),
+              "vocab_size": (True, 1, 1 << 24), "num_key_value_heads": (False, 1, 1 << 14),
+              "head_dim": (False, 1, 1 << 16), "max_position_embeddings": (False, 1, 1 << 32),
+              "sliding_window": (False, 0, 1 << 32)}
+FLOAT_FIELDS = {"rms_norm_eps": (0.0, 1.0), "rope_theta": (1e-6, 1e15)}
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_config(config, where: str) -> None:
+    """config.json is an object with a supported model_type and well-typed, consistent sizes."""
+    if not isinstance(config, dict):
+        raise MlxEdgeError(f"{where}: config.json is a JSON {type(config).__name__}, expected an object")
+    if "model_type" not in config:
+        raise MlxEdgeError(f"{where}: config.json has no model_type")
+    get(config["model_type"])
+    for key, (required, low, high) in INT_FIELDS.items():
+        value = config.get(key)
+        if value is None:
+            if required:
+                raise MlxEdgeError(f"{where}: config.json lacks {key}")
+            continue
+        if not _is_int(value) or not low <= value <= high:
+            raise MlxEdgeError(f"{where}: config.json {key} is {value!r}, expected an integer in [{low}, {high}]")
+    for key, (low, high) in FLOAT_FIELDS.items():
+        value = config.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and math.isfinite(value) and low <= value <= high):
+            raise MlxEdgeError(f"{where}: config.json {key} is {value!r}, expected a number in [{low}, {high}]")
+    if "tie_word_embeddings" in config and not isinstance(config["tie_word_embeddings"], bool):
+        raise MlxEdgeError(f"{where}: config.json tie_word_embeddings is {config['tie_word_embeddings']!r}, "
+                           f"expected true or false")
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if heads % kv:
+        raise MlxEdgeError(f"{where}: config.json num_attention_heads {heads} is not a multiple of "
+                           f"num_key_value_heads {kv}")
+    if not config.get("head_dim") and config["hidden_size"] % heads:
+        raise MlxEdgeError(f"{where}: config.json hidden_size {config['hidden_size']} is not a multiple of "
+                           f"num_attention_heads {heads} (and no head_dim is given)")
+    check_token_ids(config, config["vocab_size"], f"{where}: config.json")
+
+
+def check_token_ids(obj: dict, vocab: int, where: str) -> None:
+    """bos/eos ids (an id or a list of ids) name tokens of the vocabulary."""
+    for key in TOKEN_FIELDS:
+        value = obj.get(key)
+        for i in value if isinstance(value, list) else [] if value is None else [value]:
+            if not _is_int(i) or not 0 <= i < vocab:
+                raise MlxEdgeError(f"{where} {key} is {value!r}, expected token ids in [0, {vocab})")
+
+
 def check(config: dict, shapes: dict[str, tuple], where: str) -> None:
-    """Every parameter mlx-lm will ask for is there with its shape, and nothing else is left.
+    """config.json is well-formed, every parameter mlx-lm will ask for is there with its shape, and
+    nothing else is left.
 
     Biases (qwen2's q/k/v, llama's attention_bias) are checked against their weight's rows; a
     tied model may carry an lm_head that duplicates nothing (mlx-lm then uses it)."""
+    check_config(config, where)
     arch = get(config["model_type"])
+    if config["num_hidden_layers"] > len(shapes):
+        raise MlxEdgeError(f"{where}: the config says {config['num_hidden_layers']} layers, but there are only "
+                           f"{len(shapes)} tensors")
     try:
         want = arch.parameters(config)
     except (KeyError, TypeError, ZeroDivisionError) as e:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..engine import Engine
 from ..errors import MlxEdgeError
+from ..formats.hf import read_hf
 from .mlx import MlxEngine, metal_available
 from .numpy.engine import NumpyEngine
 
@@ -29,19 +30,25 @@ def default_backend() -> str:
 
 
 def make_engine(directory: Path, backend: str = "auto") -> Engine:
-    """Load the bundle at `directory` with the chosen backend."""
+    """Load the bundle at `directory` with the chosen backend, after checking everything either
+    backend will read from it (config, safetensors headers against the files, shapes, tokenizer)."""
     if backend not in BACKENDS:
         raise MlxEdgeError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    read_hf(directory)
+    return _make_engine(directory, backend)
+
+
+def _make_engine(directory: Path, backend: str) -> Engine:
     if backend == "mlx":
         return MlxEngine(directory)
     if backend == "numpy":
         return NumpyEngine(directory)
     choice = default_backend()
     try:
-        return make_engine(directory, choice)
+        return _make_engine(directory, choice)
     except MlxEdgeError as first:
         # e.g. an architecture the NumPy backend does not have: the other backend may run it
         try:
-            return make_engine(directory, "numpy" if choice == "mlx" else "mlx")
+            return _make_engine(directory, "numpy" if choice == "mlx" else "mlx")
         except MlxEdgeError:
             raise first from None

@@ -43,8 +43,8 @@ class MlxEngine:
         try:
             # load_model is mlx_lm.load without the transformers tokenizer (ours is shared)
             self.model, self.config = load_model(Path(directory))
-        except (ValueError, FileNotFoundError) as e:
-            raise MlxEdgeError(f"mlx-lm cannot load {directory}: {e}") from None
+        except (ValueError, FileNotFoundError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+            raise MlxEdgeError(f"mlx-lm cannot load {directory}: {str(e).splitlines()[0][:200] if str(e) else repr(e)}") from None
         import mlx.core as mx
 
         if not mx.metal.is_available():

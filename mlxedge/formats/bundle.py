@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import safetensors
+from .. import archs, safetensors
 from ..errors import MlxEdgeError
 from ..files import read_json
 from ..safetensors import NP_TO_ST
@@ -155,4 +155,6 @@ def read_config(directory: str | Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.exists():
         raise MlxEdgeError(f"{directory} is not a model bundle (no config.json)")
-    return read_json(path)
+    config = read_json(path)
+    archs.check_config(config, str(directory))
+    return config

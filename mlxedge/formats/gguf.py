@@ -83,11 +83,17 @@ def read_gguf(path: str | Path) -> Source:
     except MlxEdgeError as e:
         raise MlxEdgeError(f"{e} in {path.name}") from None
     gtensors = {t.name: t for t in tensor_list}
-    tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens else int(meta.get(f"{name}.vocab_size", 0))
-    if not vocab:
-        vocab = int(gtensors["token_embd.weight"].shape[0])
-    config = hf_config(arch, meta, set(gtensors), vocab)
+    if len(gtensors) != len(tensor_list):  # names repeat across the files of a split set
+        dup = next(t.name for i, t in enumerate(tensor_list) if t.name in {u.name for u in tensor_list[:i]})
+        raise MlxEdgeError(f"{path}: tensor {dup} appears in more than one file of the split set")
+    if "tokenizer.ggml.tokens" not in meta:
+        raise MlxEdgeError(f"{path.name} carries no tokenizer (tokenizer.ggml.tokens missing)")
+    vocab = len(meta["tokenizer.ggml.tokens"])
+    blocks = meta.get(f"{name}.block_count")
+    if isinstance(blocks, int) and blocks > len(tensor_list):
+        raise MlxEdgeError(f"{path}: metadata {name}.block_count is {blocks}, more blocks than the file has "
+                           f"tensors ({len(tensor_list)})")
+    config = hf_config(arch, meta, set(gtensors), vocab, where=str(path))
     _extra_rope_config(name, config, gtensors)
 
     names = {}
@@ -133,8 +139,6 @@ def read_gguf(path: str | Path) -> Source:
         for gname, mname in order:
             yield make(gname, mname)
 
-    if "tokenizer.ggml.tokens" not in meta:
-        raise MlxEdgeError(f"{path.name} carries no tokenizer (tokenizer.ggml.tokens missing)")
     info = {"architecture": name, "name": meta.get("general.name"), "file_type": meta.get("general.file_type"),
             "files": [p.name for p in split_paths(path)],
             "tokenizer": meta.get("tokenizer.ggml.model")}
@@ -143,26 +147,36 @@ def read_gguf(path: str | Path) -> Source:
                   info=info, float_dtype=arch.FLOAT_DTYPE)
 
 
-def hf_config(arch, meta: dict, tensor_names: set[str], vocab_size: int) -> dict:
-    """Hugging Face config.json (with every field mlx-lm reads) from GGUF metadata."""
+def hf_config(arch, meta: dict, tensor_names: set[str], vocab_size: int, where: str = "GGUF") -> dict:
+    """Hugging Face config.json (with every field mlx-lm reads) from GGUF metadata (whose types and
+    ranges gguf_file checked as it parsed them)."""
     prefix = arch.GGUF_ARCH
 
     def get(key, default=None, required=False):
         value = meta.get(f"{prefix}.{key}", default)
         if required and value is None:
-            raise MlxEdgeError(f"GGUF metadata lacks {prefix}.{key}")
+            raise MlxEdgeError(f"{where}: metadata lacks {prefix}.{key}")
         return value
 
+    def uniform(key, default=None):
+        value = get(key, default, required=default is None)
+        if isinstance(value, list):  # per-layer counts (some newer files): ours are uniform
+            if len(set(value)) != 1:
+                raise MlxEdgeError(f"{where}: per-layer values of {prefix}.{key} are not supported")
+            value = value[0]
+        return int(value)
+
     hidden = int(get("embedding_length", required=True))
-    n_heads = int(get("attention.head_count", required=True))
-    n_kv = get("attention.head_count_kv", n_heads)
-    if isinstance(n_kv, list):  # per-layer counts (some newer files): ours are uniform
-        if len(set(n_kv)) != 1:
-            raise MlxEdgeError("per-layer KV head counts are not supported")
-        n_kv = n_kv[0]
+    n_heads = uniform("attention.head_count")
+    n_kv = uniform("attention.head_count_kv", n_heads)
+    if n_heads % n_kv:
+        raise MlxEdgeError(f"{where}: metadata {prefix}.attention.head_count {n_heads} is not a multiple of "
+                           f"{prefix}.attention.head_count_kv {n_kv}")
+    if get("attention.key_length") is None and hidden % n_heads:
+        raise MlxEdgeError(f"{where}: metadata {prefix}.embedding_length {hidden} is not a multiple of "
+                           f"{prefix}.attention.head_count {n_heads}")
     head_dim = int(get("attention.key_length", hidden // n_heads))
-    ffn = get("feed_forward_length", required=True)
-    ffn = ffn[0] if isinstance(ffn, list) else ffn
+    ffn = uniform("feed_forward_length")
     config = {
         "architectures": [arch.HF_CLASS],
         "model_type": arch.MODEL_TYPE,
@@ -203,7 +217,12 @@ def _rope_scaling(prefix: str, get) -> dict | None:
 
 def _extra_rope_config(arch: str, config: dict, gtensors: dict) -> None:
     """RoPE scaling that llama.cpp stores as tensors rather than metadata."""
+    for t in gtensors.values():
+        if t.name in IGNORED and t.type != "F32":
+            raise MlxEdgeError(f"{t.path}: tensor {t.name} is {t.type}, expected F32")
     if arch == "phi3" and "rope_factors_long.weight" in gtensors:
+        if "rope_factors_short.weight" not in gtensors:
+            raise MlxEdgeError("GGUF has rope_factors_long.weight but no rope_factors_short.weight")
         long = gtensors["rope_factors_long.weight"].raw().view(np.float32).tolist()
         short = gtensors["rope_factors_short.weight"].raw().view(np.float32).tolist()
         config["rope_scaling"] = {"type": "longrope", "long_factor": long, "short_factor": short}

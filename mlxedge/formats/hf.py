@@ -25,6 +25,7 @@ from ..files import read_json
 from ..quant import affine
 from ..safetensors import FLOAT_NAMES, Tensor, quant_spec, scan_all, weight_files
 from .source import Source, SourceTensor
+from .tokenizer_files import check_tokenizer_files
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -63,9 +64,13 @@ def read_hf(path: str | Path) -> Source:
         raise MlxEdgeError(f"{root / 'config.json'} has no model_type")
     arch = archs.get(config["model_type"])
     raw = scan_all(root)
+    archs.check_config(config, str(root))
     qcfg = config.pop("quantization", None)
     config.pop("quantization_config", None)
-    is_bundle = qcfg is not None or (root / "mlxedge.json").exists()
+    if qcfg is not None and not isinstance(qcfg, dict):
+        raise MlxEdgeError(f"{root / 'config.json'}: \"quantization\" is {qcfg!r}, expected an object")
+    written_by_us = read_json(root / "mlxedge.json", missing_ok=True)  # checked even when not needed
+    is_bundle = qcfg is not None or bool(written_by_us)
     raw, dropped = _sanitize(raw, config, arch)
 
     quantized = {k[: -len(".scales")] for k in raw if k.endswith(".scales")}
@@ -113,7 +118,9 @@ def read_hf(path: str | Path) -> Source:
         tokenizer_files["tokenizer_config.json"].setdefault("chat_template", template.read_text(encoding="utf-8"))
     if "tokenizer.json" not in tokenizer_files:
         raise MlxEdgeError(f"{root} has no tokenizer.json (needed to run the converted model)")
-    generation = read_json(root / "generation_config.json") if (root / "generation_config.json").exists() else {}
+    check_tokenizer_files(tokenizer_files, root, config["vocab_size"])
+    generation = read_json(root / "generation_config.json", missing_ok=True)
+    archs.check_token_ids(generation, config["vocab_size"], f"{root / 'generation_config.json'}:")
     info = {"model_type": config["model_type"], "dropped": dropped,
             "files": [f.name for f in weight_files(root)]}
     if qcfg:

@@ -1,0 +1,54 @@
+"""Checks of the tokenizer files a bundle carries (tokenizer.json, tokenizer_config.json,
+special_tokens_map.json), shared by the readers (before converting) and the runtime tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from ..errors import MlxEdgeError
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def check_config(config: dict, path: str | Path) -> None:
+    """tokenizer_config.json / special_tokens_map.json: special tokens are strings or AddedToken
+    objects, the chat template a string or a list of named templates."""
+    for key in SPECIAL_KEYS:
+        value = config.get(key)
+        if not (value is None or isinstance(value, str)
+                or isinstance(value, dict) and isinstance(value.get("content"), str)):
+            raise MlxEdgeError(f"{path}: {key} is {str(value)[:60]!r}, expected a string or {{\"content\": ...}}")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        ok = all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in template)
+    else:
+        ok = template is None or isinstance(template, str)
+    if not ok:
+        raise MlxEdgeError(f"{path}: chat_template is {str(template)[:60]!r}, expected a string "
+                           f"or a list of {{\"name\", \"template\"}}")
+
+
+def check_tokenizer_files(files: dict[str, dict], root: Path, vocab_size: int) -> None:
+    """The tokenizer files a converter will write can be loaded, and every id they give is a row of
+    the embedding (`vocab_size`)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if name in files:
+            check_config(files[name], Path(root) / name)
+    tok = load_tokenizer_json(json.dumps(files["tokenizer.json"]), Path(root) / "tokenizer.json", from_str=True)
+    top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise MlxEdgeError(f"{root}: tokenizer.json has token id {top}, but the model's vocabulary "
+                           f"(embedding rows) is {vocab_size}")
+
+
+def load_tokenizer_json(source: str, path: Path, from_str: bool = False) -> HFTokenizer:
+    try:
+        return HFTokenizer.from_str(source) if from_str else HFTokenizer.from_file(source)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # bare Exceptions on bad files, and pyo3's PanicException (a BaseException)
+        lines = str(e).splitlines() or [type(e).__name__]
+        raise MlxEdgeError(f"{path} is not a valid tokenizer: {lines[0][:200]}") from None
