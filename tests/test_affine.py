@@ -100,7 +100,7 @@ def test_rejects_what_mlx_rejects():
 def test_bfloat16_scales_dequantize_like_mlx():
     """bfloat16 scales travel as uint16 bit patterns; dequantizing must read them as floats."""
     mx = pytest.importorskip("mlx.core")
-    from mlxedge.formats.bundle import from_bf16_bits, to_bf16_bits
+    from mlxedge.dtypes import from_bf16_bits, to_bf16_bits
 
     w = from_bf16_bits(to_bf16_bits(np.random.default_rng(3).standard_normal((8, 128))))  # bf16 values
     ours = affine.quantize(w, 4, 32, scale_dtype="bfloat16")
