@@ -110,7 +110,8 @@ def check(path: Path, meta: dict, types: dict[str, tuple[int, int | None]]) -> N
                 raise bad(key, "a non-empty array")
             for x in value if array_ok else [value]:
                 if not _in_range(x, spec[1], spec[2]):
-                    raise bad(key, f"{'values' if array_ok else 'a value'} in [{spec[1]}, {spec[2]}]",
+                    noun = "a number" if what == "float" else "integers" if array_ok else "an integer"
+                    raise bad(key, f"{noun} in [{spec[1]}, {spec[2]}]",
                               f"{x!r}" if not array_ok else f"an array holding {x!r}")
         if what in ("strs", "ints", "floats"):
             want = {"strs": {8}, "ints": _INTS, "floats": _FLOATS | _INTS}[what]
