@@ -9,6 +9,7 @@ Each module holds the facts every reader and backend needs about that architectu
     FLOAT_DTYPE               16-bit float the model needs (bfloat16: activations need its range)
     GGUF_BLOCK                llama.cpp per-block tensor names -> mlx-lm module paths
     PERMUTED_QK, NORM_PLUS_ONE  llama.cpp conventions the GGUF reader undoes
+    FUSED                     qkv_proj / gate_up_proj are single modules in mlx-lm
     ONNX                      the ONNX reader was checked on real exports of it
     DROP_TIED_HEAD            mlx-lm's sanitize drops lm_head whenever the config says tied
     TIE_DEFAULT               tie_word_embeddings when config.json does not say (mlx-lm's default)

@@ -16,6 +16,7 @@ FLOAT_DTYPE = "bfloat16"
 PERMUTED_QK = False
 NORM_PLUS_ONE = True
 TIE_DEFAULT = True
+FUSED = False
 ONNX = False  # no real export to check the norm convention against
 DROP_TIED_HEAD = False
 GGUF_BLOCK = {**LLAMA_BLOCK, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",

@@ -12,6 +12,7 @@ FLOAT_DTYPE = "float16"
 PERMUTED_QK = True
 NORM_PLUS_ONE = False
 TIE_DEFAULT = True
+FUSED = False
 ONNX = True
 DROP_TIED_HEAD = True
 GGUF_BLOCK: dict = {}

@@ -13,6 +13,7 @@ FLOAT_DTYPE = "float16"
 PERMUTED_QK = False
 NORM_PLUS_ONE = False
 TIE_DEFAULT = False
+FUSED = True  # qkv_proj and gate_up_proj stay fused, as in mlx-lm
 ONNX = True
 DROP_TIED_HEAD = False
 GGUF_BLOCK = {"attn_norm": "input_layernorm", "attn_qkv": "self_attn.qkv_proj",

@@ -13,6 +13,7 @@ FLOAT_DTYPE = "float16"
 PERMUTED_QK = False
 NORM_PLUS_ONE = False
 TIE_DEFAULT = True
+FUSED = False
 ONNX = True
 DROP_TIED_HEAD = True
 GGUF_BLOCK = {**LLAMA_BLOCK, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}

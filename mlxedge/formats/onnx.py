@@ -214,8 +214,8 @@ def _tokenizer_files(root: Path, model_dir: Path) -> dict[str, dict]:
 
 def _split_fused(weights: dict[str, Weight], config: dict) -> dict[str, Weight]:
     """The genai builder fuses q/k/v into `qkv_proj` (rows q | k | v); mlx-lm wants them apart
-    (except phi3, whose checkpoints are fused too)."""
-    if config["model_type"] == "phi3":
+    (except where mlx-lm keeps them fused too, as in phi3)."""
+    if archs.get(config["model_type"]).FUSED:
         return weights
     hd = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     nq = config["num_attention_heads"] * hd
