@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return module.main(args) or 0
     except MlxEdgeError as e:
-        print(f"mlxedge {name}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split("\n"))  # one line, whatever text a file put into the message
+        print(f"mlxedge {name}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -61,7 +61,7 @@ def _check_entry(path: Path, name: str, info, data_size: int) -> None:
     if not isinstance(info, dict):
         raise bad(f"is described by {type(info).__name__}, expected an object with dtype, shape, data_offsets")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise bad(f"has unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
     if (not isinstance(shape, list) or len(shape) > 8
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):

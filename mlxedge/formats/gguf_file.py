@@ -96,7 +96,17 @@ class _Reader:
         (n,) = self.unpack("<Q")
         self.need(n, f"{what} (a string of {n} bytes)")
         self.pos += n
-        return bytes(self.buf[self.pos - n: self.pos]).decode("utf-8", errors="surrogateescape")
+        try:
+            return bytes(self.buf[self.pos - n: self.pos]).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MlxEdgeError(f"{self.path}: {what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+    def name(self, what: str) -> str:
+        """A metadata key or tensor name: printable text (so that messages naming it stay one line)."""
+        out = self.string(what)
+        if not out.isprintable() or not out:
+            raise MlxEdgeError(f"{self.path}: {what} is {out[:80]!r}, expected printable text")
+        return out
 
     def value(self, kind: int, key: str) -> Any:
         if kind == 8:
@@ -136,7 +146,7 @@ def _parse(path: Path, buf, size: int):
     meta: dict[str, Any] = {}
     types: dict[str, tuple[int, int | None]] = {}  # key -> (value type, array item type)
     for i in range(n_kv):
-        key = r.string(f"metadata key #{i}")
+        key = r.name(f"metadata key #{i}")
         (kind,) = r.unpack("<I")
         item = struct.unpack_from("<I", buf, r.pos)[0] if kind == 9 and r.left() >= 4 else None
         if key in meta:
@@ -148,7 +158,7 @@ def _parse(path: Path, buf, size: int):
     entries = []
     seen: set[str] = set()
     for i in range(n_tensors):
-        name = r.string(f"tensor name #{i}")
+        name = r.name(f"tensor name #{i}")
         if name in seen:
             raise MlxEdgeError(f"{path}: tensor {name} appears twice in the tensor directory")
         seen.add(name)
