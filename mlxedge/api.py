@@ -78,5 +78,11 @@ class Model:
 def load(path: str | Path, backend: str = "auto", quiet: bool = True) -> Model:
     """Load a converted bundle directory or a `.gguf` file (converted once into the cache)."""
     directory = modelcache.resolve(path, quiet=quiet)
-    engine = make_engine(directory, backend)
-    return Model(directory, engine, Tokenizer(directory))
+    try:
+        return Model(directory, make_engine(directory, backend), Tokenizer(directory))
+    except MlxEdgeError as e:
+        if not modelcache.is_entry(directory):
+            raise
+        modelcache.discard(directory)  # never keep an entry that does not load as a good one
+        raise MlxEdgeError(f"{path}: its converted copy in the cache failed to load and was removed "
+                           f"(the next run converts it again): {e}") from None

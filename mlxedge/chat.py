@@ -13,7 +13,7 @@ import threading
 from typing import Callable, Iterator, Sequence
 
 from .engine import Generation
-from .errors import MlxEdgeError
+from .errors import MlxEdgeError, Terminated
 from .generate import add_model_args, load_from_args, sampling_from_args
 from .sampling import SamplingParams
 
@@ -111,6 +111,8 @@ def main(args: argparse.Namespace) -> int:
             line = input(">> " if interactive else "")
         except EOFError:
             break
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             print(file=sys.stderr)
             continue
@@ -129,6 +131,8 @@ def main(args: argparse.Namespace) -> int:
             for piece in session.send(line, should_stop=stop_reply.is_set):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             pass
         finally:

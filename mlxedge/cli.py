@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 # Before NumPy loads (commands are imported below, on demand). On a 2-core Linux box shared with
@@ -13,7 +14,7 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from . import __version__  # noqa: E402
-from .errors import MlxEdgeError  # noqa: E402
+from .errors import MlxEdgeError, Terminated  # noqa: E402
 
 COMMANDS = {
     "convert": ("convert", "convert a GGUF / ONNX / Hugging Face model into an MLX bundle"),
@@ -23,6 +24,12 @@ COMMANDS = {
     "eval": ("eval", "perplexity, KL divergence and top-1 agreement against a reference"),
     "sweep": ("sweep", "convert with several recipes and report size against quality"),
 }
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C: a convert in progress removes its temp dir, the cache its
+    half-built entry."""
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,17 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argparse.ArgumentParser(prog=f"mlxedge {name}", description=COMMANDS[name][1])
     module.configure_parser(cmd)
     args = cmd.parse_args(argv[1:])
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return module.main(args) or 0
     except MlxEdgeError as e:
         message = " ".join(str(e).split("\n"))  # one line, whatever text a file put into the message
         print(f"mlxedge {name}: error: {message}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"mlxedge {name}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

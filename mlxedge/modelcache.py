@@ -1,10 +1,12 @@
 """Turn a `--model` argument into a bundle directory, converting a `.gguf` once into the cache.
 
 Cache entries live in `cache_dir()/models/<stem>-<key>`, where the key comes from the GGUF's real
-path, size and modification time: a `stat`, not a hash of a multi-GB file on every run (the source
-sha256 recorded in mlxedge.json is there to verify on demand). An entry is built in a temp dir and
-renamed into place with a manifest of its files' sizes written last; an entry whose manifest is
-missing or does not match the files is removed and rebuilt.
+path, size and modification time and mlxedge's version: a `stat`, not a hash of a multi-GB file on
+every run (the source sha256 recorded in mlxedge.json is there to verify on demand), and an upgrade
+never reuses an entry older code wrote. An entry is built in a temp dir (named with the builder's
+pid: one left by a killed process is removed by the next run) and renamed into place with a
+manifest of its files' sizes written last; an entry whose manifest is missing or does not match the
+files is removed and rebuilt, and so is one that fails to load (`discard`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import __version__
 from .assets import cache_dir
 from .errors import MlxEdgeError
 from .formats import open_source
+from .formats.bundle import remove_stale
 from .pipeline import convert_source
 from .quant.recipes import get as get_recipe
 
@@ -27,10 +31,11 @@ MANIFEST = "mlxedge-cache.json"
 
 
 def source_key(path: Path) -> dict:
-    """What identifies a source file for the cache: real path, size, mtime in ns."""
+    """What identifies a source file for the cache: real path, size, mtime in ns, and the converter
+    (mlxedge's version)."""
     real = os.path.realpath(path)
     st = os.stat(real)
-    return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "mlxedge": __version__}
 
 
 def entry_dir(path: Path) -> Path:
@@ -82,15 +87,19 @@ def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
     models = entry.parent
     try:
         models.mkdir(parents=True, exist_ok=True)
+        remove_stale(models)  # temp dirs of conversions that were killed
         if entry.exists():  # half-written or damaged: rebuild
             shutil.rmtree(entry)
-        work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=models))
+        work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.{os.getpid()}.", suffix=".partial", dir=models))
     except OSError as e:
         raise MlxEdgeError(f"cannot write the model cache {models}: {e.strerror or e}") from None
     try:
         if not quiet:
             print(f"converting {gguf} into {entry} (once)", file=sys.stderr)
-        bundle = convert_gguf(gguf, work / "bundle", show_progress=not quiet)
+        try:
+            bundle = convert_gguf(gguf, work / "bundle", show_progress=not quiet)
+        except MlxEdgeError as e:  # name the cache, not its temp dir
+            raise MlxEdgeError(str(e).replace(str(work / "bundle"), f"the model cache entry {entry}")) from None
         (bundle / MANIFEST).write_text(json.dumps({"source": key, "files": _file_sizes(bundle)}, indent=1))
         try:
             os.rename(bundle, entry)
@@ -103,6 +112,17 @@ def cached_bundle(gguf: str | Path, quiet: bool = False) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     _remove_stale(models, key["path"], entry)
     return entry
+
+
+def is_entry(directory: Path) -> bool:
+    """`directory` is an entry of the GGUF cache (as opposed to a bundle the user converted)."""
+    return Path(directory).parent == cache_dir() / "models" and (Path(directory) / MANIFEST).is_file()
+
+
+def discard(entry: Path) -> None:
+    """Remove a cache entry that turned out not to load, so that the next run converts again."""
+    if is_entry(entry):
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def verify(gguf: str | Path) -> bool:

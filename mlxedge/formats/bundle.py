@@ -2,7 +2,9 @@
 JSON files beside them, and move the finished directory into place in one rename.
 
 Nothing is half-written: everything goes into a temporary directory next to OUT, which is renamed
-to OUT only after the last byte is on disk, and removed on any error (disk full included).
+to OUT only after the last byte is on disk, and removed on any error (disk full included). The temp
+dir's name carries the writer's pid (`.OUT.<pid>.<random>.partial`): one left by a process that was
+killed (kill -9, power loss) is removed by the next writer that finds it once that pid is gone.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -23,6 +26,36 @@ from ..files import read_json
 from ..safetensors import NP_TO_ST
 
 SHARD_BYTES = 5 * 1024**3
+# what a writer leaves beside OUT while it works: its temp dir, and the old OUT while --force replaces it
+_OURS = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.partial$|^\..+\.old(\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or a pid no kill() takes): leave its files alone
+    return True
+
+
+def remove_stale(parent: Path, pattern: re.Pattern = _OURS) -> list[Path]:
+    """Remove the directories in `parent` whose name matches `pattern` and whose pid (the first
+    non-empty group) is no longer running; returns them."""
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            pid = int(next(g for g in m.groups() if g))
+            if pid != os.getpid() and not pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
 
 
 class BundleWriter:
@@ -41,8 +74,10 @@ class BundleWriter:
         if not parent.is_dir():
             raise MlxEdgeError(f"output folder {parent} does not exist")
         self.force = force
+        remove_stale(parent)
         try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.{os.getpid()}.", suffix=".partial",
+                                             dir=parent))
         except OSError as e:
             raise MlxEdgeError(f"cannot write into {parent}: {e.strerror}") from None
         self._shards: list[tuple[dict, Path]] = []  # (header entries, data file)
