@@ -36,15 +36,17 @@ def resolve_recipe(quant: str | Recipe | Callable, source: Source, show_progress
 
 
 def convert(src: str | Path | Source, out: str | Path, quant: str | Recipe = "keep",
-            force: bool = False, show_progress: bool = True, **recipe_options) -> Path:
+            force: bool = False, show_progress: bool = True, exact: bool = False, **recipe_options) -> Path:
     """Convert `src` into the bundle directory `out`; returns `out`.
 
     `quant` is a recipe name (keep, f16, bf16, f32, q4, q8, mixed_3_6, q4_k_m, bpw3.5, ...) or a
     Recipe; `recipe_options` go to recipes built from the source (e.g. calib=, seed= for bpwX).
+    `exact=True`: what `keep` carries over stays bit-exact (float32 K-quant scales, 8-bit for
+    types MLX cannot express) instead of the compact forms (docs/gguf.md).
     """
     source = src if isinstance(src, Source) else open_source(src)
     recipe = resolve_recipe(quant, source, show_progress, **recipe_options)
-    return convert_source(source, out, recipe, force=force, show_progress=show_progress)
+    return convert_source(source, out, recipe, force=force, show_progress=show_progress, exact=exact)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -57,6 +59,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", default=None, metavar="FILE",
                    help="calibration text for --target-bpw (default: installed package documentation)")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration windows (default 0)")
+    p.add_argument("--exact", action="store_true",
+                   help="keep GGUF quantizations bit-exact: float32 K-quant scales, 8-bit for Q2_K/Q3_K/Q6_K/IQ4 "
+                        "(default: float16 scales and the smallest MLX form within 0.5x the source's own "
+                        "rounding error, docs/gguf.md)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -66,7 +72,8 @@ def main(args: argparse.Namespace) -> int:
     quant, options = args.quant, {}
     if args.target_bpw is not None:
         quant, options = f"bpw{args.target_bpw:g}", {"calib": args.calib, "seed": args.seed}
-    out = convert(args.src, args.out, quant=quant, force=args.force, show_progress=not args.quiet, **options)
+    out = convert(args.src, args.out, quant=quant, force=args.force, show_progress=not args.quiet,
+                  exact=args.exact, **options)
     meta = json.loads((out / "mlxedge.json").read_text())
     summary = {"out": str(out), "recipe": meta["recipe"], "parameters": meta["parameters"],
                "bits_per_weight": meta["bits_per_weight"],

@@ -17,7 +17,7 @@ from .dtypes import NUMPY, round_bf16, to_bf16_bits
 from .formats.bundle import BundleWriter
 from .formats.source import FLOAT_TYPES, Source, SourceTensor
 from .progress import progress
-from .quant import affine
+from .quant import affine, lowbit
 from .quant.recipes import FALLBACK, Recipe, Target, is_matrix
 from .safetensors import bits_per_weight
 
@@ -49,22 +49,27 @@ def _resolve(t: SourceTensor, target: Target) -> Target:
     return target
 
 
-def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=None):
+def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=None, exact: bool = True):
     """-> (list of (name, array, st_dtype)), record dict, (bits, group_size) or None.
 
-    `quantize(name, w, target) -> Affine` replaces MLX's round-to-nearest when the recipe has one."""
+    `quantize(name, w, target) -> Affine` replaces MLX's round-to-nearest when the recipe has one.
+    `exact=False` lets "keep" trade exactness for size (docs/gguf.md): K-quant scales in float16,
+    types MLX cannot express in the smallest form within lowbit's criterion, not 8-bit."""
     target = _resolve(t, target)
     record: dict = {"source": t.src_type}
     if target.kind == "keep":
         aff = t.affine() if t.affine is not None else None
-        if (aff is not None and float_dtype == "bfloat16" and t.name == "model.embed_tokens.weight"
-                and aff.scales.dtype == np.float16):  # bfloat16 scales (a bundle source) already fit
-            # mlx-lm computes in the embedding's output dtype: float16 scales would run a model
-            # that needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact.
+        # mlx-lm computes in the embedding's output dtype: float16 scales would run a model that
+        # needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact.
+        wide_embedding = float_dtype == "bfloat16" and t.name == "model.embed_tokens.weight"
+        if aff is not None and wide_embedding and aff.scales.dtype == np.float16:
+            # (bfloat16 scales, from a bundle source, already fit)
             aff.scales, aff.biases = aff.scales.astype(np.float32), aff.biases.astype(np.float32)
         if aff is not None:
             record["target"] = f"affine{aff.bits}g{aff.group_size}"
             record["exact"] = True
+            if not exact and not wide_embedding and aff.scales.dtype == np.float32:
+                _narrow_scales(aff, record)
             return _affine_arrays(t.name, aff), record, (aff.bits, aff.group_size)
         if t.src_type in FLOAT_TYPES or not is_matrix(t.name, t.shape):
             x = t.dense()
@@ -72,6 +77,13 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
             arr, st = _float_array(x, dtype)
             record["target"] = dtype
             return [(t.name, arr, st)], record, None
+        if not exact and lowbit.supported(t.src_type) and len(t.shape) == 2:
+            choice = lowbit.choose(t.dense(), t.src_type, scale_dtype="float32" if wide_embedding else "float16")
+            aff = choice.aff
+            record.update(target=f"affine{aff.bits}g{aff.group_size}", max_abs_err=choice.max_abs_err,
+                          rms_err=choice.rms_err, source_noise=choice.source_noise,
+                          err_ratio=round(choice.ratio, 4))
+            return _affine_arrays(t.name, aff), record, (aff.bits, aff.group_size)
         target = _resolve(t, FALLBACK)
     x = t.dense()
     if target.kind == "float":
@@ -88,6 +100,19 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
     return _affine_arrays(t.name, aff), record, (target.bits, target.group_size)
 
 
+def _narrow_scales(aff: affine.Affine, record: dict) -> None:
+    """float32 scales/biases (K-quant sub-blocks) -> float16, rounded to nearest, unless one
+    overflows; the error it makes against the exact form goes into `record`."""
+    with np.errstate(over="ignore"):
+        s16, b16 = aff.scales.astype(np.float16), aff.biases.astype(np.float16)
+    if not (np.isfinite(s16).all() and np.isfinite(b16).all()):
+        return
+    exact = aff.dequantize()
+    aff.scales, aff.biases = s16, b16
+    err = np.abs(aff.dequantize() - exact)
+    record.update(exact=False, max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
+
+
 def _affine_arrays(name: str, aff: affine.Affine):
     base = name[: -len(".weight")]
     out = [(name, aff.packed(), None)]
@@ -100,8 +125,11 @@ def _affine_arrays(name: str, aff: affine.Affine):
 
 
 def convert_source(source: Source, out: str | Path, recipe: Recipe, force: bool = False,
-                   show_progress: bool = True) -> Path:
-    """Write `source` as a bundle at `out` with a finished `recipe`; returns `out`."""
+                   show_progress: bool = True, exact: bool = True) -> Path:
+    """Write `source` as a bundle at `out` with a finished `recipe`; returns `out`.
+
+    exact: "keep" carries GGML types over exactly (float32 K-quant scales, 8-bit for types MLX
+    cannot express); False is `mlxedge convert`'s default, the compact forms of docs/gguf.md."""
     tensors: dict[str, dict] = {}
     modules: dict[str, tuple[int, int] | None] = {}
     weight_counts: Counter = Counter()
@@ -111,7 +139,7 @@ def convert_source(source: Source, out: str | Path, recipe: Recipe, force: bool 
         stream = list(source.tensors())
         for t in progress(stream, desc="convert", unit="tensor", disable=not show_progress):
             arrays, record, qspec = _convert_tensor(t, recipe(t.name, t.shape, t.src_type), source.float_dtype,
-                                                    recipe.quantize)
+                                                    recipe.quantize, exact)
             for name, arr, st in arrays:
                 w.add(name, arr, st)
                 stored_bits += arr.nbytes * 8

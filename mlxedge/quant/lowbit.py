@@ -1,0 +1,104 @@
+"""The smallest MLX affine form for a GGML tensor MLX cannot express exactly (Q2_K, Q3_K, Q6_K, IQ4).
+
+Criterion (docs/gguf.md): with w the exact dequantization of the source and ŵ an MLX form,
+
+    RMS(ŵ − w) ≤ TAU · σ_src,     σ_src = sqrt(mean over source sub-blocks of Δ̂² / 12)
+
+σ_src is the RMS error the source's own grid makes when it rounds (a step Δ rounds a value spread
+evenly within a step with RMS error Δ/√12), Δ̂ the step of each source sub-block estimated from
+its dequantized values alone: every value of a sub-block lies within `reach` steps of its centre
+(Q6_K: |x| ≤ 32 d; Q2_K: max − min ≤ 3 d), so Δ̂ = extent / reach never exceeds the true step and
+the criterion is never looser than stated. The MLX error is independent of the rounding the
+source made, so the total error against the original weights grows by at most √(1 + TAU²) − 1.
+
+Candidates are tried from the fewest stored bits per weight up (bits 2-8 x group 128/64/32,
+float16 scale and bias per group); each is quantized with the unweighted scale search
+(`search.quantize_search`, never worse than MLX's round-to-nearest) and the first that meets the
+criterion wins. A cheap pass on a row sample skips candidates that are clearly too coarse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import affine
+from .search import dequantize as dequantize_affine
+from .search import quantize_search
+
+TAU = 0.5  # RMS(MLX form − source) ≤ TAU · σ_src: total error vs the original grows ≤ 11.8 %
+
+# source type -> (values per sub-block, reach in steps, centred on the minimum?)
+GRIDS: dict[str, tuple[int, float, bool]] = {
+    "Q2_K": (16, 3.0, True),  # x = (d·sc)·q − dmin·m, q in 0..3: max − min ≤ 3 steps
+    "Q3_K": (16, 4.0, False),  # x = (d·sc)·(q − 4), q in 0..7: |x| ≤ 4 steps
+    "Q6_K": (16, 32.0, False),  # x = (d·sc)·(q − 32), q in 0..63: |x| ≤ 32 steps
+    "IQ4_NL": (32, 127 / 16, False),  # x = d·k[q], k in -127..113 (16 levels, mean spacing 16 d)
+    "IQ4_XS": (32, 127 / 16, False),  # the same grid with 6-bit sub-block scales
+}
+
+# (bits, group) by stored bits per weight, bits + 32 / group (a float16 scale and bias per group);
+# at equal size the larger group with more bits first.
+CANDIDATES: tuple[tuple[int, int], ...] = tuple(sorted(
+    ((b, g) for b in affine.BITS for g in (128, 64, 32)), key=lambda bg: (bg[0] + 32 / bg[1], -bg[0])))
+SAMPLE_ROWS = 256  # rows of the pruning pass
+PRUNE = 1.5  # a candidate whose sample error exceeds PRUNE x the limit is not tried in full
+
+
+@dataclass
+class Choice:
+    """The chosen form: its quantization, RMS / max error against the source and σ_src."""
+
+    aff: affine.Affine
+    rms_err: float
+    max_abs_err: float
+    source_noise: float
+
+    @property
+    def ratio(self) -> float:
+        """RMS(MLX − source) / σ_src: the criterion holds when this is ≤ TAU."""
+        return self.rms_err / self.source_noise if self.source_noise > 0 else (0.0 if self.rms_err == 0 else np.inf)
+
+
+def supported(src_type: str) -> bool:
+    return src_type in GRIDS
+
+
+def source_noise(w: np.ndarray, src_type: str) -> float:
+    """σ_src of `w` (rows, cols), the exact dequantization of a `src_type` tensor (see module doc)."""
+    size, reach, with_min = GRIDS[src_type]
+    rows, cols = w.shape
+    x = np.asarray(w, np.float32).reshape(rows, cols // size, size).astype(np.float64)
+    extent = (x.max(-1) - x.min(-1)) if with_min else np.abs(x).max(-1)
+    step = extent / reach  # (rows, sub-blocks)
+    return float(np.sqrt(np.mean(step * step) / 12))
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    d = (a - b).astype(np.float64)
+    return float(np.sqrt(np.mean(d * d)))
+
+
+def choose(w: np.ndarray, src_type: str, tau: float = TAU, scale_dtype: str = "float16") -> Choice:
+    """The first of CANDIDATES whose error meets `RMS ≤ tau · σ_src`; 8-bit group 32 (the
+    finest) when none does, its error recorded all the same. `scale_dtype`: of scales and biases
+    (the candidates' order assumes float16; float32 keeps it, as it doubles every group's cost)."""
+    w = np.asarray(w, np.float32)
+    rows, cols = w.shape
+    noise = source_noise(w, src_type)
+    limit = tau * noise
+    sample = w[:: max(1, rows // SAMPLE_ROWS)]
+    fitting = [(b, g) for b, g in CANDIDATES if cols % g == 0]
+    for k, (bits, group) in enumerate(fitting):
+        last = k == len(fitting) - 1
+        if not last:
+            trial = dequantize_affine(quantize_search(sample, bits, group, None, scale_dtype))
+            if _rms(trial, sample) > PRUNE * limit:
+                continue
+        aff = quantize_search(w, bits, group, None, scale_dtype)
+        back = dequantize_affine(aff)
+        err = _rms(back, w)
+        if err <= limit or last:
+            return Choice(aff, err, float(np.abs(back - w).max()), noise)
+    raise AssertionError("unreachable: the last candidate always returns")
