@@ -11,6 +11,7 @@ from . import modelcache
 from .errors import MlxEdgeError
 from .backends import make_engine
 from .engine import Engine, Generation
+from .formats.bundle import read_config
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
@@ -21,10 +22,17 @@ SAMPLING_KEYS = {"temp", "top_p", "top_k", "min_p", "min_tokens_to_keep", "repet
 class Model:
     """A loaded model: a tokenizer and an engine (backend) over one bundle directory."""
 
-    def __init__(self, directory: Path, engine: Engine, tokenizer: Tokenizer):
+    def __init__(self, directory: Path, engine: Engine, tokenizer: Tokenizer, context_length: int | None = None):
         self.path = directory
         self.engine = engine
         self.tokenizer = tokenizer
+        self.context_length = context_length  # config.json's max_position_embeddings; None: unknown
+
+    def check_context(self, n_tokens: int) -> None:
+        """Refuse a prompt longer than the model's context, at once and with both lengths."""
+        if self.context_length and n_tokens > self.context_length:
+            raise MlxEdgeError(f"the prompt is {n_tokens} tokens, longer than the model's context of "
+                               f"{self.context_length} tokens (nothing is truncated: shorten it)")
 
     @property
     def backend(self) -> str:
@@ -49,6 +57,9 @@ class Model:
         unknown = set(sampling) - SAMPLING_KEYS
         if unknown:
             raise TypeError(f"unknown sampling options: {', '.join(sorted(unknown))}")
+        self.check_context(len(ids))
+        if self.context_length:  # generation stops at the end of the context ("length")
+            max_tokens = max(1, min(max_tokens, self.context_length - len(ids)))
         return Generation(self.engine, self.tokenizer, list(ids), SamplingParams(**sampling),
                           max_tokens=max_tokens, stop=tuple(stop))
 
@@ -79,7 +90,9 @@ def load(path: str | Path, backend: str = "auto", quiet: bool = True) -> Model:
     """Load a converted bundle directory or a `.gguf` file (converted once into the cache)."""
     directory = modelcache.resolve(path, quiet=quiet)
     try:
-        return Model(directory, make_engine(directory, backend), Tokenizer(directory))
+        engine = make_engine(directory, backend)
+        context = read_config(directory).get("max_position_embeddings")
+        return Model(directory, engine, Tokenizer(directory), context_length=context)
     except MlxEdgeError as e:
         if not modelcache.is_entry(directory):
             raise

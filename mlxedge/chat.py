@@ -62,6 +62,10 @@ class ChatSession:
 
     def send(self, text: str, should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
         """Add a user message and stream the reply; the reply joins the conversation when done."""
+        ids = self.model.tokenizer.encode_chat(self.messages + [{"role": "user", "content": text}])
+        check = getattr(self.model, "check_context", None)
+        if check is not None:  # before the message joins the conversation: a refused one is dropped
+            check(len(ids))
         self.messages.append({"role": "user", "content": text})
         new_ids = self.prepare(self.messages)
         gen = Generation(self.model.engine, self.model.tokenizer, new_ids, self.params,
@@ -91,13 +95,10 @@ def _on_interrupt(stop_reply: threading.Event, signum, frame) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.set_defaults(max_tokens=512)
+    add_model_args(p, max_tokens=512, raw_prompt_flag=False)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.no_chat_template:
-        raise MlxEdgeError("chat needs the chat template (--no-chat-template is for generate)")
     model = load_from_args(args)
     session = ChatSession(model, system=args.system, max_tokens=args.max_tokens, stop=args.stop,
                           **sampling_from_args(args))
@@ -131,6 +132,9 @@ def main(args: argparse.Namespace) -> int:
             for piece in session.send(line, should_stop=stop_reply.is_set):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
+        except MlxEdgeError as e:  # e.g. the conversation outgrew the context: say so, keep chatting
+            print(f"[error: {e}]", file=sys.stderr)
+            continue
         except Terminated:
             raise
         except KeyboardInterrupt:

@@ -10,16 +10,19 @@ import time
 from .api import load
 from .assets import smollm2_gguf
 from .errors import MlxEdgeError
+from .sampling import SamplingParams
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model, --backend and the sampling options, shared with `mlxedge chat`."""
+def add_model_args(p: argparse.ArgumentParser, max_tokens: int = 256, raw_prompt_flag: bool = True) -> None:
+    """--model, --backend and the sampling options, shared with `mlxedge chat` (its own
+    --max-tokens default; no --no-chat-template: chat always renders the template)."""
     p.add_argument("--model", default=None,
                    help="a converted model directory or a .gguf file (converted once into the cache); "
                         "default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--backend", choices=("auto", "mlx", "numpy"), default="auto",
                    help="auto: MLX on Apple Silicon, NumPy elsewhere (default auto)")
-    p.add_argument("--max-tokens", "-m", type=int, default=256, help="most tokens to generate (default 256)")
+    p.add_argument("--max-tokens", "-m", type=int, default=max_tokens,
+                   help=f"most tokens to generate (default {max_tokens})")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0: off)")
@@ -32,8 +35,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when this text appears (repeatable); it is not printed")
     p.add_argument("--system", default=None, help="system prompt (chat template only)")
-    p.add_argument("--no-chat-template", action="store_true",
-                   help="feed the prompt as raw text instead of through the model's chat template")
+    if raw_prompt_flag:
+        p.add_argument("--no-chat-template", action="store_true",
+                       help="feed the prompt as raw text instead of through the model's chat template")
     p.add_argument("--quiet", "-q", action="store_true", help="no statistics or progress on stderr")
 
 
@@ -44,9 +48,23 @@ def sampling_from_args(args: argparse.Namespace) -> dict:
 
 
 def load_from_args(args: argparse.Namespace):
+    """Check every option first (a bad one fails in milliseconds, not after a model load), then load."""
     if args.max_tokens < 1:
         raise MlxEdgeError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    SamplingParams(**sampling_from_args(args))
     return load(args.model if args.model is not None else smollm2_gguf(), backend=args.backend, quiet=args.quiet)
+
+
+def read_prompt(prompt: str) -> str:
+    """The --prompt text; `-` reads stdin to its end."""
+    if prompt != "-":
+        return prompt
+    if sys.stdin is None or sys.stdin.closed:
+        raise MlxEdgeError("--prompt -: standard input is closed")
+    try:
+        return sys.stdin.read()
+    except (OSError, ValueError) as e:  # ValueError: UnicodeDecodeError, or I/O on a closed file
+        raise MlxEdgeError(f"--prompt -: cannot read standard input ({e})") from None
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -56,7 +74,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_prompt(args.prompt)
     start = time.perf_counter()
     model = load_from_args(args)
     load_seconds = time.perf_counter() - start

@@ -30,6 +30,10 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
+        for name in ("temp", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise MlxEdgeError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
         if self.temp < 0:
             raise MlxEdgeError(f"--temp must be >= 0, got {self.temp}")
         if not 0 <= self.top_p <= 1:
