@@ -2,7 +2,15 @@
 
 
 class MlxEdgeError(Exception):
-    """A problem with the user's input or environment (bad file, unsupported type, disk full...)."""
+    """A problem with the user's input or environment (bad file, unsupported type, disk full...).
+
+    The message is always one printable line: text taken from a file (a key, a tensor name) may hold
+    newlines or control characters, which are shown escaped."""
+
+    def __init__(self, message: str = "", *args):
+        if isinstance(message, str) and not message.isprintable():
+            message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        super().__init__(message, *args)
 
 
 class Terminated(KeyboardInterrupt):

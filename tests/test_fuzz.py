@@ -91,3 +91,16 @@ def test_truncated_header_length_field(tmp_path):
     (bundle / "model.safetensors").write_bytes(struct.pack("<I", 7))
     with pytest.raises(MlxEdgeError, match="not a readable safetensors file"):
         inspect(bundle)
+
+
+def test_safetensors_tensor_name_with_a_newline(tmp_path):
+    """Found by the long campaign: a header entry named "\\n" made a two-line message."""
+    bundle = damage.intact_bundle(BUNDLE, tmp_path)
+
+    def edit(header, size):
+        header.clear()
+        header["\n"] = None
+    damage._rewrite_header(bundle / "model.safetensors", edit)
+    with pytest.raises(MlxEdgeError) as e:
+        inspect(bundle)
+    assert "\n" not in str(e.value) and "tensor \\n is described by NoneType" in str(e.value)
