@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import modelcache
+from . import modelcache, store
 from .errors import MlxEdgeError
 from .backends import make_engine
 from .engine import Engine, Generation
@@ -26,6 +26,7 @@ class Model:
         self.path = directory
         self.engine = engine
         self.tokenizer = tokenizer
+        self.defaults = store.settings(directory)  # a store model's SYSTEM / PARAMETERs: under arguments
         self.context_length = context_length  # config.json's max_position_embeddings; None: unknown
 
     def check_context(self, n_tokens: int) -> None:
@@ -42,6 +43,7 @@ class Model:
                       chat_template: bool | None = None) -> list[int]:
         """Token ids for `prompt`: rendered with the chat template when the model has one (or when
         `chat_template` is True), else the raw text with the tokenizer's BOS."""
+        system = self.defaults.get("system") if system is None else system
         use_template = self.tokenizer.chat_template is not None if chat_template is None else chat_template
         if use_template:
             messages = ([{"role": "system", "content": system}] if system else []) + \
@@ -51,19 +53,22 @@ class Model:
             raise MlxEdgeError("a system prompt needs the chat template")
         return self.tokenizer.encode(prompt)
 
-    def generation(self, ids: Sequence[int], max_tokens: int = 256, stop: Sequence[str] = (),
+    def generation(self, ids: Sequence[int], max_tokens: int | None = None, stop: Sequence[str] = (),
                    **sampling) -> Generation:
         """A `Generation` over token ids: iterate it for text, then read `.text` and `.stats`."""
         unknown = set(sampling) - SAMPLING_KEYS
         if unknown:
             raise TypeError(f"unknown sampling options: {', '.join(sorted(unknown))}")
+        options = self.defaults.get("options", {})
+        sampling = {**{k: v for k, v in options.items() if k in SAMPLING_KEYS}, **sampling}
+        stop, max_tokens = stop or options.get("stop", ()), max_tokens or options.get("max_tokens", 256)
         self.check_context(len(ids))
         if self.context_length:  # generation stops at the end of the context ("length")
             max_tokens = max(1, min(max_tokens, self.context_length - len(ids)))
         return Generation(self.engine, self.tokenizer, list(ids), SamplingParams(**sampling),
                           max_tokens=max_tokens, stop=tuple(stop))
 
-    def stream(self, prompt: str, max_tokens: int = 256, stop: Sequence[str] = (), system: str | None = None,
+    def stream(self, prompt: str, max_tokens: int | None = None, stop: Sequence[str] = (), system: str | None = None,
                chat_template: bool | None = None, **sampling) -> Iterator[str]:
         """Yield the reply to `prompt` piece by piece (whole characters only).
 
@@ -72,7 +77,7 @@ class Model:
         ids = self.encode_prompt(prompt, system=system, chat_template=chat_template)
         yield from self.generation(ids, max_tokens=max_tokens, stop=stop, **sampling)
 
-    def generate(self, prompt: str, max_tokens: int = 256, stop: Sequence[str] = (), system: str | None = None,
+    def generate(self, prompt: str, max_tokens: int | None = None, stop: Sequence[str] = (), system: str | None = None,
                  chat_template: bool | None = None, **sampling) -> str:
         """The whole reply to `prompt` (greedy unless `temp` > 0). Options as in `stream`."""
         return "".join(self.stream(prompt, max_tokens=max_tokens, stop=stop, system=system,

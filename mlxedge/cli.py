@@ -23,6 +23,14 @@ COMMANDS = {
     "chat": ("chat", "interactive multi-turn chat"),
     "eval": ("eval", "perplexity, KL divergence and top-1 agreement against a reference"),
     "sweep": ("sweep", "convert with several recipes and report size against quality"),
+    "pull": ("pull", "add a model to the local store (path, catalogue name or hf.co/OWNER/REPO:QUANT)"),
+    "list": ("list", "list the models in the local store"),
+    "show": ("show", "describe a stored model (--modelfile: as a Modelfile)"),
+    "rm": ("rm", "remove stored models (and the blobs no other model uses)"),
+    "cp": ("cp", "give a stored model a second name (blobs shared)"),
+    "create": ("create", "create a stored model from a Modelfile"),
+    "verify": ("verify", "re-hash the store's blobs"),
+    "audit": ("audit", "summarize the store's audit log"),
 }
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 from .api import load
-from .assets import smollm2_gguf
+from . import store
 from .errors import MlxEdgeError
 from .sampling import SamplingParams
 
@@ -52,7 +52,10 @@ def load_from_args(args: argparse.Namespace):
     if args.max_tokens < 1:
         raise MlxEdgeError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     SamplingParams(**sampling_from_args(args))
-    return load(args.model if args.model is not None else smollm2_gguf(), backend=args.backend, quiet=args.quiet)
+    model = load(args.model if args.model is not None else store.default_model(quiet=args.quiet),
+                 backend=args.backend, quiet=args.quiet)
+    store.apply_settings(args, model.defaults)  # a Modelfile's SYSTEM / PARAMETERs for flags not given
+    return model
 
 
 def read_prompt(prompt: str) -> str:

@@ -26,6 +26,7 @@ from .formats import open_source
 from .formats.bundle import remove_stale
 from .pipeline import convert_source
 from .quant.recipes import get as get_recipe
+from .store.lookup import resolve as resolve_name
 
 MANIFEST = "mlxedge-cache.json"
 
@@ -139,7 +140,11 @@ def verify(gguf: str | Path) -> bool:
 
 
 def resolve(model: str | Path, quiet: bool = False) -> Path:
-    """A bundle directory for `model`: a converted directory as is, a `.gguf` through the cache."""
+    """A bundle directory for `model`: a store name materialized, a converted directory as is, a `.gguf`
+    through the cache."""
+    named = resolve_name(model, quiet=quiet)
+    if named is not None:
+        return named
     path = Path(model).expanduser()
     if not path.exists():
         raise MlxEdgeError(f"{model}: no such file or directory")

