@@ -18,9 +18,10 @@ from pathlib import Path
 from ... import archs
 from ...errors import MlxEdgeError
 from ...formats.bundle import read_config
+from . import memory
 from .cache import KVCache
 from .decoder import NumpyModel
-from .weights import Weights
+from .weights import MODES, Weights
 
 __all__ = ["load", "NumpyModel", "KVCache", "family"]
 
@@ -35,19 +36,32 @@ def family(model_type: str):
     return importlib.import_module(f"{__name__}.{arch.NUMPY}")
 
 
-def load(directory: str | Path, *, lean: bool = False) -> NumpyModel:
-    """Load a bundle for the NumPy backend.
+def load(directory: str | Path, *, mode: str = "auto", lean: bool = False) -> NumpyModel:
+    """Load a bundle for the NumPy backend, its weights held in `mode`:
 
-    Weights are dequantized once into float32 (4 bytes per parameter) for speed. `lean=True`
-    keeps them memory-mapped as stored and dequantizes on every use instead: memory near the
-    bundle size, but each token costs a full dequantization (many times slower).
+    "float32" (dequantized once: 4 bytes per parameter, fastest), "float16" (2 bytes, widened per
+    layer per call), "lean" (kept packed as stored, unpacked per call: memory near the bundle's
+    size), or "auto": the first of these that fits in the memory available (memory.py), with an
+    MlxEdgeError naming the numbers when none does. `lean=True` means mode="lean".
+    The chosen mode is `model.weight_mode`.
     """
+    if lean:
+        mode = "lean"
+    if mode not in ("auto",) + MODES:
+        raise MlxEdgeError(f"unknown weight mode {mode!r}; choose from auto, {', '.join(MODES)}")
     config = read_config(directory)
     arch = family(config.get("model_type"))
-    weights = Weights(directory, config, lean=lean)
+    fit = memory.estimate(directory, config)
+    chosen = fit.pick(mode, str(directory))
     try:
+        weights = Weights(directory, config, mode=chosen)
         model = arch.build(weights, config)
     except KeyError as e:
         raise MlxEdgeError(f"{Path(directory) / 'config.json'} lacks {e.args[0]!r}") from None
+    except MemoryError:
+        raise MlxEdgeError(f"{directory}: out of memory loading in weight mode {chosen} (estimated "
+                           f"{fit.needs[chosen] / 1e9:.2f} GB, {fit.available / 1e9:.2f} GB available: "
+                           f"{fit.source})") from None
     weights.check_all_used()
+    model.weight_mode = chosen
     return model

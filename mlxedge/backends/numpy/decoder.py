@@ -21,6 +21,8 @@ class NumpyModel:
     Built by the architecture modules (llama.py, gemma3.py, phi3.py); use `load(directory)`.
     """
 
+    weight_mode = "float32"  # how the weights are held (weights.py); set by load()
+
     def __init__(self, config: dict, embed: Embedding, blocks: list[Block],
                  norm: Callable[[np.ndarray], np.ndarray], lm_head: Linear,
                  embed_scale: float = 1.0, logit_softcap: float | None = None):

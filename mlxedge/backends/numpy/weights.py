@@ -1,16 +1,17 @@
-"""Bundle tensors -> float32 matrices for the NumPy backend, dequantizing MLX affine weights.
+"""Bundle tensors -> layers for the NumPy backend, in one of three weight modes.
 
 A module `p` is quantized when the bundle has `p.scales`; its bits/group size come from
 `config["quantization"][p]` when that is a dict (mlx-lm's per-module overrides), else from the
 top-level `config["quantization"]`. Every tensor must be consumed by the model builder:
 `check_all_used()` fails loudly on leftovers, as a converter should.
 
-Two ways to hold weights (`lean`):
-- default: dequantize once at load, keep float32 transposed `(in, out)` so `x @ wt` is one BLAS
-  call. Memory is 4 bytes per parameter (SmolLM2-135M: ~540 MB).
-- lean: keep the memory-mapped packed arrays and dequantize blocks of rows on every call. Memory
-  stays near the bundle's size (SmolLM2-135M Q4: peak RSS 144 MB vs 645 MB), but every token pays
-  a full dequantization (~0.4 vs ~10 tokens/s decode on a busy 2-core box).
+Modes (`memory.py` picks one from what fits):
+- float32: dequantize once at load, keep W.T (in, out) so `x @ wt` is one BLAS call; 4 bytes
+  per parameter (SmolLM2-135M: ~540 MB), the fastest.
+- float16: dequantize once into float16 (out, in), widened per call in blocks (lean.py): 2 bytes
+  per parameter.
+- lean: keep the memory-mapped packed arrays, unpacked per call (lean.py): memory near the
+  bundle's size. Speeds of the three: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -19,40 +20,36 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import safetensors
+from ...dtypes import as_float32
 from ...errors import MlxEdgeError
-from ...formats.bundle import read_weights
-from ...quant import affine
 from ...safetensors import quant_spec
+from .lean import ROW_BLOCK, Half, PackedAffine, PackedFloat, Scratch
 
-ROW_BLOCK = 256  # rows dequantized at a time: temporaries stay small
+MODES = ("float32", "float16", "lean")
 
 
 class Linear:
-    """y = x @ W.T + b with W (out, in). Dense: W.T stored contiguous; lean: dequantized per call.
+    """y = x @ W.T + b with W (out, in). float32: W.T stored contiguous in `wt`; else `lazy` (lean.py).
 
     `name` is the module path in the bundle ("model.layers.0.mlp.down_proj"), for calibration."""
 
     def __init__(self, wt: np.ndarray | None, bias: np.ndarray | None = None, lazy=None, name: str | None = None):
         self.wt = wt            # (in, out) float32, contiguous; None when lazy
         self.bias = bias        # (out,) float32 or None
-        self.lazy = lazy        # () -> W (out, in) float32, for lean mode
+        self.lazy = lazy        # Half / PackedAffine / PackedFloat: `.matmul(x)`
         self.name = name
         self.out_features = (wt.shape[1] if wt is not None else lazy.out_features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.wt is not None:
-            y = x @ self.wt  # (T, out)
-        else:  # lean: dequantize a block of output rows at a time, never the whole matrix
-            y = np.empty((x.shape[0], self.out_features), np.float32)
-            for r in range(0, self.out_features, ROW_BLOCK):
-                y[:, r:r + ROW_BLOCK] = x @ self.lazy.rows(slice(r, r + ROW_BLOCK)).T
+        y = x @ self.wt if self.wt is not None else self.lazy.matmul(x)  # (T, out)
         if self.bias is not None:
             y += self.bias
         return y
 
 
 def fuse(linears: list[Linear]) -> "Fused":
-    """One matmul for several projections of the same input (q/k/v, gate/up) when dense."""
+    """One matmul for several projections of the same input (q/k/v, gate/up) in float32/float16."""
     return Fused(linears)
 
 
@@ -73,6 +70,11 @@ class Fused:
             self.one = Linear(wt, bias)
             for lin in linears:  # the fused copy replaces them; drop the originals' memory
                 lin.wt = None
+        elif all(isinstance(lin.lazy, Half) and lin.bias is None for lin in linears):
+            w16 = np.concatenate([lin.lazy.w16 for lin in linears])  # (sum(sizes), in)
+            self.one = Linear(None, lazy=Half(w16, linears[0].lazy.scratch))
+            for lin in linears:
+                lin.lazy = None
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         if self.one is None:
@@ -81,51 +83,13 @@ class Fused:
         return [y[:, a:b] for a, b in self.bounds]
 
 
-class _LazyAffine:
-    """Packed weights kept memory-mapped; dequantized on each call (lean mode)."""
-
-    def __init__(self, w, scales, biases, bits, group_size):
-        self.w, self.scales, self.biases = w, scales, biases
-        self.bits, self.group_size = bits, group_size
-        self.out_features = w.shape[0]
-
-    def __call__(self) -> np.ndarray:
-        return affine.dequantize(self.w, self.scales, self.biases, self.bits, self.group_size)
-
-    def transposed(self) -> np.ndarray:
-        """W.T (in, out) contiguous float32, dequantized in row blocks that stay in cache."""
-        out_t = np.empty((self.w.shape[1] * 32 // self.bits, self.out_features), np.float32)
-        for r in range(0, self.out_features, ROW_BLOCK):
-            out_t[:, r:r + ROW_BLOCK] = self.rows(slice(r, r + ROW_BLOCK)).T
-        return out_t
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        return affine.dequantize(self.w[ids], self.scales[ids], self.biases[ids],
-                                 self.bits, self.group_size)
-
-
-class _LazyFloat:
-    def __init__(self, w):
-        self.w = w
-        self.out_features = w.shape[0]
-
-    def __call__(self) -> np.ndarray:
-        return np.asarray(self.w, dtype=np.float32)
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(self.w[ids], dtype=np.float32)
-
-    def transposed(self) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(self.w, dtype=np.float32).T)
-
-
 class Embedding:
     """Token lookup, and the transposed use as a tied output projection."""
 
     def __init__(self, table_t: np.ndarray | None = None, table: np.ndarray | None = None, lazy=None):
         self.table_t = table_t  # (dim, vocab): serves both lookup and tied lm_head
         self.table = table      # (vocab, dim): when the model is untied
-        self.lazy = lazy
+        self.lazy = lazy        # Half / PackedAffine / PackedFloat: `.rows(ids)`, `.matmul(x)`
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         if self.table is not None:
@@ -143,12 +107,15 @@ class Embedding:
 
 
 class Weights:
-    """The bundle's tensors, handed out as float32 layers; remembers which were used."""
+    """The bundle's tensors, handed out as layers in `mode`; remembers which were used."""
 
-    def __init__(self, directory: str | Path, config: dict, lean: bool = False):
-        self.raw = read_weights(directory)
+    def __init__(self, directory: str | Path, config: dict, mode: str = "float32"):
+        if mode not in MODES:
+            raise MlxEdgeError(f"unknown weight mode {mode!r}; choose from {', '.join(MODES)}")
+        self.raw = read_raw(directory)
         self.quant = config.get("quantization") or {}
-        self.lean = lean
+        self.mode = mode
+        self.scratch = Scratch()
         self.used: set[str] = set()
 
     def has(self, name: str) -> bool:
@@ -159,10 +126,10 @@ class Weights:
         if name not in self.raw:
             raise MlxEdgeError(f"bundle is missing tensor {name}")
         self.used.add(name)
-        return np.array(self.raw[name], dtype=np.float32)
+        return np.array(as_float32(self.raw[name]), dtype=np.float32)
 
     def _source(self, prefix: str):
-        """(dense (out, in) float32 or None, lazy source or None) for `prefix.weight`."""
+        """PackedAffine or PackedFloat over `prefix.weight` as stored."""
         name = f"{prefix}.weight"
         if name not in self.raw:
             raise MlxEdgeError(f"bundle is missing tensor {name}")
@@ -177,26 +144,38 @@ class Weights:
             if w.shape[-1] * 32 // bits != scales.shape[-1] * group_size:
                 raise MlxEdgeError(f"{prefix}: weight {w.shape} and scales {scales.shape} do not match "
                                    f"{bits}-bit quantization with group size {group_size}")
-            lazy = _LazyAffine(w, scales, biases, bits, group_size)
-        else:
-            lazy = _LazyFloat(w)
-        return lazy
+            return PackedAffine(w, scales, biases, bits, group_size, self.scratch)
+        return PackedFloat(w, self.scratch)
+
+    def _half(self, src, prefix: str) -> Half:
+        """W (out, in) in float16, converted a block of rows at a time."""
+        w16 = np.empty((src.out_features, src.in_features), np.float16)
+        with np.errstate(over="ignore"):
+            for r in range(0, src.out_features, ROW_BLOCK):
+                w16[r:r + ROW_BLOCK] = src.rows(slice(r, r + ROW_BLOCK))
+        if not np.isfinite(w16).all():
+            raise MlxEdgeError(f"{prefix} has weights beyond float16's range; use mode 'float32' or 'lean'")
+        return Half(w16, self.scratch)
 
     def linear(self, prefix: str) -> Linear:
         """`prefix.weight` (+ `prefix.bias` if present) as a Linear."""
-        lazy = self._source(prefix)
+        src = self._source(prefix)
         bias = self.vector(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
-        if self.lean:
-            return Linear(None, bias, lazy=lazy, name=prefix)
-        return Linear(lazy.transposed(), bias, name=prefix)
+        if self.mode == "lean":
+            return Linear(None, bias, lazy=src, name=prefix)
+        if self.mode == "float16":
+            return Linear(None, bias, lazy=self._half(src, prefix), name=prefix)
+        return Linear(src.transposed(), bias, name=prefix)
 
     def embedding(self, prefix: str, tied: bool) -> Embedding:
-        lazy = self._source(prefix)
-        if self.lean:
-            return Embedding(lazy=lazy)
+        src = self._source(prefix)
+        if self.mode == "lean":
+            return Embedding(lazy=src)
+        if self.mode == "float16":  # one float16 table serves lookup and a tied lm_head
+            return Embedding(lazy=self._half(src, prefix))
         if tied:  # one transposed copy serves lookup and lm_head
-            return Embedding(table_t=lazy.transposed())
-        return Embedding(table=np.ascontiguousarray(lazy(), dtype=np.float32))  # (vocab, dim)
+            return Embedding(table_t=src.transposed())
+        return Embedding(table=np.ascontiguousarray(src(), dtype=np.float32))  # (vocab, dim)
 
     def check_all_used(self) -> None:
         left = sorted(set(self.raw) - self.used)
@@ -204,3 +183,19 @@ class Weights:
             more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
             raise MlxEdgeError(f"bundle has tensors this architecture does not use: "
                                f"{', '.join(left[:5])}{more}")
+
+
+def bundle_files(directory: str | Path) -> list[Path]:
+    """The bundle's safetensors files (as formats.bundle.read_weights finds them)."""
+    files = sorted(Path(directory).glob("model*.safetensors"))
+    if not files:
+        raise MlxEdgeError(f"{directory} has no model*.safetensors")
+    return files
+
+
+def read_raw(directory: str | Path) -> dict[str, np.ndarray]:
+    """All tensors memory-mapped as stored (bfloat16 as uint16 bits: widened only when used)."""
+    raw: dict[str, np.ndarray] = {}
+    for f in bundle_files(directory):
+        raw.update({k: t.load() for k, t in safetensors.scan(f).items()})
+    return raw
