@@ -8,6 +8,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ...engine import process_peak_rss, sample_tokens
+from ...errors import MlxEdgeError
 from ...sampling import SamplingParams
 from . import load
 
@@ -18,8 +19,9 @@ class NumpyEngine:
     name = "numpy"
 
     def __init__(self, directory: str | Path):
-        self.model = load(directory)
+        self.model = load(directory)  # weight mode "auto": what fits in memory
         self.config = self.model.config
+        self.weight_mode = self.model.weight_mode
 
     def make_cache(self) -> Any:
         return self.model.make_cache()
@@ -32,7 +34,12 @@ class NumpyEngine:
         return True
 
     def forward(self, ids: Sequence[int], cache: Any = None, last_only: bool = False) -> np.ndarray:
-        return self.model.forward(np.asarray(ids, dtype=np.int64), cache, last_only=last_only)
+        try:
+            return self.model.forward(np.asarray(ids, dtype=np.int64), cache, last_only=last_only)
+        except MemoryError:
+            held = 0 if cache is None else cache.offset
+            raise MlxEdgeError(f"out of memory running {len(ids)} tokens after {held} in the cache "
+                               f"(weights in {self.weight_mode})") from None
 
     def token_stream(self, ids: Sequence[int], cache: Any, params: SamplingParams,
                      history: Sequence[int] = ()) -> Iterator[int]:
