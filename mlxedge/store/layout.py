@@ -46,10 +46,12 @@ def sub(name: str) -> Path:
 
 
 def hook(step: str) -> None:
-    """Tests kill the process here: MLXEDGE_STORE_PAUSE=step writes tmp/paused-<step> and sleeps."""
-    if os.environ.get("MLXEDGE_STORE_PAUSE") == step:
+    """Tests kill the process here: MLXEDGE_STORE_PAUSE=step writes tmp/paused-<step> and sleeps
+    (=SECONDS: sleeps that long, to make two processes overlap)."""
+    want, _, seconds = os.environ.get("MLXEDGE_STORE_PAUSE", "").partition("=")
+    if want == step:
         (sub("tmp") / f"paused-{step}").write_text(str(os.getpid()))
-        time.sleep(600)
+        time.sleep(float(seconds or 600))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import MlxEdgeError
 from . import audit, catalogue, layout, modelfile, names
 from .lookup import SETTINGS, check_blob, get, materialize, resolve, settings  # noqa: F401
-from .pull import commit, model_id, pull
+from .importer import commit, model_id, pull
 
 def default_model(quiet: bool = True) -> str:
     """The default model's name, pulled from its installed package on first use (never the network)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import __version__
 from .. import convert as converter  # a module: convert -> planner -> modelcache -> store.lookup runs this package
 from ..errors import MlxEdgeError
+from ..formats import open_source
 from ..progress import progress
 from . import audit, catalogue, hub, layout, names
 
@@ -108,6 +109,7 @@ def _fetch(kind: str, ref: str, work: Path, quiet: bool) -> tuple[Path, str, boo
         ref_path = path
     else:
         ref_path, pinned = Path(ref), None
+    open_source(ref_path)  # not a model: said now, naming the user's path, before any copy
     if ref_path.is_dir() or ref_path.suffix.lower() == ".onnx" or _SPLIT.search(ref_path.name):
         # ONNX external data, HF checkpoints, splits: converted where they are, hashed as a tree
         return ref_path, tree_sha256(ref_path) if ref_path.is_dir() else layout.sha256_file(ref_path), False
