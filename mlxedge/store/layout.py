@@ -50,7 +50,8 @@ def hook(step: str) -> None:
     (=SECONDS: sleeps that long, to make two processes overlap)."""
     want, _, seconds = os.environ.get("MLXEDGE_STORE_PAUSE", "").partition("=")
     if want == step:
-        (sub("tmp") / f"paused-{step}").write_text(str(os.getpid()))
+        if not seconds:
+            (sub("tmp") / f"paused-{step}").write_text(str(os.getpid()))
         time.sleep(float(seconds or 600))
 
 

@@ -68,6 +68,7 @@ def rm(name: str) -> list[str]:
 def cp(src: str, dst: str) -> dict:
     """`dst` as a second name for `src`'s model (the same blobs, the same id)."""
     dst = names.canonical(dst)
+    layout.collect()
     with layout.lock("store", shared=True):
         m = {**get(src), "name": dst, "modified": audit.now()}
         commit(m)
