@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, rowblocks
 from .dtypes import NUMPY, round_bf16, to_bf16_bits
 from .formats.bundle import BundleWriter
 from .formats.source import FLOAT_TYPES, Source, SourceTensor
@@ -49,8 +49,12 @@ def _resolve(t: SourceTensor, target: Target) -> Target:
     return target
 
 
-def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=None, exact: bool = True):
+def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=None, exact: bool = True,
+                    errors=None):
     """-> (list of (name, array, st_dtype)), record dict, (bits, group_size) or None.
+
+    `errors(err)`, if given, receives the error array behind the record's max_abs_err / rms_err
+    (rowblocks merges them across row blocks).
 
     `quantize(name, w, target) -> Affine` replaces MLX's round-to-nearest when the recipe has one.
     `exact=False` lets "keep" trade exactness for size (docs/gguf.md): K-quant scales in float16,
@@ -69,7 +73,7 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
             record["target"] = f"affine{aff.bits}g{aff.group_size}"
             record["exact"] = True
             if not exact and not wide_embedding and aff.scales.dtype == np.float32:
-                _narrow_scales(aff, record)
+                _narrow_scales(aff, record, errors)
             return _affine_arrays(t.name, aff), record, (aff.bits, aff.group_size)
         if t.src_type in FLOAT_TYPES or not is_matrix(t.name, t.shape):
             x = t.dense()
@@ -95,12 +99,14 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
     else:
         aff = affine.quantize(x, target.bits, target.group_size, scale_dtype=target.dtype)
     err = np.abs(aff.dequantize() - x)
+    if errors is not None:
+        errors(err)
     record.update(target=f"affine{target.bits}g{target.group_size}",
                   max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
     return _affine_arrays(t.name, aff), record, (target.bits, target.group_size)
 
 
-def _narrow_scales(aff: affine.Affine, record: dict) -> None:
+def _narrow_scales(aff: affine.Affine, record: dict, errors=None) -> None:
     """float32 scales/biases (K-quant sub-blocks) -> float16, rounded to nearest, unless one
     overflows; the error it makes against the exact form goes into `record`."""
     with np.errstate(over="ignore"):
@@ -110,6 +116,8 @@ def _narrow_scales(aff: affine.Affine, record: dict) -> None:
     exact = aff.dequantize()
     aff.scales, aff.biases = s16, b16
     err = np.abs(aff.dequantize() - exact)
+    if errors is not None:
+        errors(err)
     record.update(exact=False, max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
 
 
@@ -138,11 +146,20 @@ def convert_source(source: Source, out: str | Path, recipe: Recipe, force: bool 
     with BundleWriter(out, force=force) as w:
         stream = list(source.tensors())
         for t in progress(stream, desc="convert", unit="tensor", disable=not show_progress):
-            arrays, record, qspec = _convert_tensor(t, recipe(t.name, t.shape, t.src_type), source.float_dtype,
-                                                    recipe.quantize, exact)
-            for name, arr, st in arrays:
-                w.add(name, arr, st)
-                stored_bits += arr.nbytes * 8
+            target = recipe(t.name, t.shape, t.src_type)
+            blocked = None
+            if recipe.quantize is None:  # (a recipe's own quantizer is given whole tensors)
+                blocked = rowblocks.convert(t, w, lambda part, errors: _convert_tensor(
+                    part, target, source.float_dtype, None, exact, errors))
+            if blocked is not None:
+                record, qspec, nbytes = blocked
+                stored_bits += nbytes * 8
+            else:
+                arrays, record, qspec = _convert_tensor(t, target, source.float_dtype, recipe.quantize, exact)
+                for name, arr, st in arrays:
+                    w.add(name, arr, st)
+                    stored_bits += arr.nbytes * 8
+                del arrays
             tensors[t.name] = record
             n_params += t.numel
             if is_matrix(t.name, t.shape):

@@ -30,7 +30,8 @@ LAYERS = {
     "mlxedge.metrics": set(),
     "mlxedge.files": {"mlxedge.errors"},
     "mlxedge.pipeline": {"mlxedge", "mlxedge.errors", "mlxedge.dtypes", "mlxedge.safetensors",
-                         "mlxedge.formats", "mlxedge.quant", "mlxedge.progress"},
+                         "mlxedge.formats", "mlxedge.quant", "mlxedge.progress", "mlxedge.rowblocks"},
+    "mlxedge.rowblocks": set(),
 }
 MAX_LINES = 400
 

@@ -10,6 +10,7 @@ killed (kill -9, power loss) is removed by the next writer that finds it once th
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -108,6 +110,42 @@ class BundleWriter:
         self._data.write(memoryview(array.reshape(-1).view(np.uint8)))
         self._offset += array.nbytes
         self.total_bytes += array.nbytes
+
+    def add_blocks(self, name: str, rows: int, blocks: Iterable[np.ndarray], dtype: str | None = None) -> None:
+        """Append one tensor of `rows` rows given as consecutive row blocks, each written as it
+        comes: a row-major tensor's bytes are its row blocks' bytes in order, so the file is the
+        one `add` of the whole tensor writes. The blocks must agree in dtype and trailing shape
+        and add up to `rows`; if they do not, or the iterator raises, nothing of this tensor
+        stays written and the error propagates (the caller may add the tensor again)."""
+        it = iter(blocks)
+        first = np.ascontiguousarray(next(it))
+        dt, tail = first.dtype, first.shape[1:]
+        nbytes = rows * (first.nbytes // max(len(first), 1))
+        st = dtype or NP_TO_ST.get(dt)
+        if st is None:
+            raise ValueError(f"{name}: no safetensors dtype for {dt}")
+        if self._data is None or self._offset + nbytes > SHARD_BYTES and self._offset:
+            self._new_shard()
+        header, _ = self._shards[-1]
+        start, done = self._offset, 0
+        try:
+            for block in itertools.chain([first], it):
+                first = None  # hold no block longer than its write
+                block = np.ascontiguousarray(block)
+                if block.dtype != dt or block.shape[1:] != tail or done + len(block) > rows:
+                    raise ValueError(f"{name}: a row block {block.dtype} {block.shape} does not continue "
+                                     f"{rows} rows of {dt} {tail}")
+                self._data.write(memoryview(block.reshape(-1).view(np.uint8)))
+                done += len(block)
+            if done != rows:
+                raise ValueError(f"{name}: row blocks add up to {done} rows, not {rows}")
+        except BaseException:
+            self._data.seek(start)
+            self._data.truncate()
+            raise
+        header[name] = {"dtype": st, "shape": [rows, *tail], "data_offsets": [start, start + nbytes]}
+        self._offset += nbytes
+        self.total_bytes += nbytes
 
     def _new_shard(self) -> None:
         if self._data is not None:

@@ -60,6 +60,25 @@ def _permute_back(x: np.ndarray, n_head: int) -> np.ndarray:
     return x.reshape(n_head, hd // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
 
 
+def read_rows(t: TensorInfo, a: int, b: int, n_head: int | None = None) -> np.ndarray:
+    """Rows [a, b) of a matrix's stored bytes, (b - a, bytes_per_row) uint8, read into memory
+    rather than mapped (mapped pages count in the process's RSS until unmapped). With `n_head`,
+    rows in Hugging Face order (`_permute_back`): the whole heads around [a, b) are read."""
+    row_bytes = t.n_bytes // t.shape[0]
+    lo, hi = a, b
+    if n_head:
+        head = t.shape[0] // n_head
+        lo, hi = a - a % head, -(-b // head) * head
+    out = np.empty((hi - lo, row_bytes), np.uint8)
+    with open(t.path, "rb") as f:
+        f.seek(t.offset + lo * row_bytes)
+        if f.readinto(out.reshape(-1)) != out.nbytes:
+            raise MlxEdgeError(f"{t.path}: truncated GGUF file (tensor {t.name} ends early)")
+    if n_head:
+        out = _permute_back(out, (hi - lo) // head)[a - lo: b - lo]
+    return out
+
+
 def mlx_name(arch, gguf_name: str) -> str | None:
     """'blk.3.attn_q.weight' -> 'model.layers.3.self_attn.q_proj.weight'; None if unknown."""
     m = _BLK.match(gguf_name)
@@ -131,7 +150,20 @@ def read_gguf(path: str | Path) -> Source:
                 return None
             return ggml.repack(raw(), gtype, shape)
 
-        return SourceTensor(mname, shape, gtype, dense, exact, t.n_bytes)
+        def rows(a: int, b: int) -> SourceTensor:
+            data = read_rows(t, a, b, perm)
+            part = (b - a, shape[1])
+
+            def part_dense() -> np.ndarray:
+                x = ggml.dequantize(data, gtype, part)
+                return x - np.float32(1.0) if plus_one else x
+
+            def part_exact():
+                return None if gtype in FLOAT_TYPES else ggml.repack(data, gtype, part)
+
+            return SourceTensor(mname, part, gtype, part_dense, part_exact, data.nbytes)
+
+        return SourceTensor(mname, shape, gtype, dense, exact, t.n_bytes, rows if len(shape) == 2 else None)
 
     order = sorted(names.items(), key=lambda kv: archs.sort_key(kv[1]))
 

@@ -20,6 +20,8 @@ class SourceTensor:
 
     `dense()` gives float32 values; `affine()` gives the exact MLX affine form of the stored values
     when MLX can express it (else None); `native()` gives float tensors in their stored dtype.
+    `rows(a, b)`, where the reader can read part of a matrix, is the same tensor cut to rows
+    [a, b): the pipeline converts large matrices a block of rows at a time through it.
     """
 
     name: str
@@ -28,6 +30,7 @@ class SourceTensor:
     dense: Callable[[], np.ndarray]
     affine: Optional[Callable[[], Optional[Affine]]] = None
     nbytes: int = 0  # bytes this tensor takes in the source file
+    rows: Optional[Callable[[int, int], "SourceTensor"]] = None
 
     @property
     def numel(self) -> int:

@@ -1,0 +1,161 @@
+"""Large matrices a block of rows at a time: conversion memory bounded by a block, not a tensor.
+
+A row-major tensor's bytes are its row blocks' bytes in order, and every per-value step of the
+pipeline works within a row (GGML blocks never span rows, MLX groups run along a row), so
+converting rows [a, b) and writing the results one after the other gives the bytes the whole
+tensor would (`BundleWriter.add_blocks`). Two things belong to the whole tensor:
+
+- choices made from all its values (float16 or float32 for a lossless float, float16 scales
+  unless one overflows, lowbit's smallest form...): every block must make the same one, else the
+  tensor is converted again whole (nothing of the blocked attempt stays written);
+- the error statistics in mlxedge.json: the max is the max of the blocks' maxima, and the RMS is
+  NumPy's float32 `np.mean(err * err)`, whose pairwise summation `PairwiseSum` rebuilds from the
+  blocks bit for bit, so mlxedge.json is the same too.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable
+
+import numpy as np
+
+BLOCK_VALUES = 1 << 22  # values per row block: 16 MiB in float32, a few times that in temporaries
+PW_BLOCKSIZE = 128  # NumPy sums runs of up to this many values unsplit (8 accumulators)
+ERROR_KEYS = ("max_abs_err", "rms_err")  # the record fields merged across blocks
+
+
+class _Differs(Exception):
+    """Two blocks of one tensor made different per-tensor choices."""
+
+
+class PairwiseSum:
+    """`np.add.reduce` of a contiguous 1-D array of n values, bit for bit, fed piece by piece.
+
+    NumPy sums pairwise (numpy/_core/src/umath/loops_utils.h.src, `pairwise_sum`): a run of at
+    most 128 values in one unrolled loop, a longer one as the sum of its first
+    n2 = n // 2 - (n // 2) % 8 values and the rest. A node of that tree inside one piece is
+    `np.add.reduce` of that slice; a node across pieces is split as NumPy splits it, down to nodes
+    inside one piece or runs of <= 128 values, which are summed from a copy of those values.
+    """
+
+    def __init__(self, n: int, starts: list[int]):
+        self.n = n
+        self.starts = sorted(set(starts) | {0})  # where the pieces begin
+        self.leaves = list(self._leaves(0, n))
+        self.sums: dict[tuple[int, int], np.generic] = {}
+        self.done = 0  # leaves summed
+        self.pos = 0  # values seen
+        self.tail = np.empty(0, np.float32)  # the last <= PW_BLOCKSIZE values seen
+
+    def _piece(self, i: int) -> int:
+        return bisect.bisect_right(self.starts, i) - 1
+
+    def _split(self, n: int) -> int:
+        n2 = n // 2
+        return n2 - n2 % 8
+
+    def _leaves(self, lo: int, n: int):
+        if n <= PW_BLOCKSIZE or self._piece(lo) == self._piece(lo + n - 1):
+            yield lo, n
+            return
+        n2 = self._split(n)
+        yield from self._leaves(lo, n2)
+        yield from self._leaves(lo + n2, n - n2)
+
+    def add(self, piece: np.ndarray) -> None:
+        """The next piece (flat, contiguous, the sum's dtype), starting where the last one ended."""
+        base, end = self.pos, self.pos + piece.size
+        while self.done < len(self.leaves) and sum(self.leaves[self.done]) <= end:
+            lo, n = self.leaves[self.done]
+            if lo >= base:
+                vals = piece[lo - base: lo - base + n]
+            else:  # a short run across pieces
+                vals = np.concatenate([self.tail[self.tail.size - (base - lo):], piece[: lo + n - base]])
+            self.sums[lo, n] = np.add.reduce(vals)
+            self.done += 1
+        self.tail = np.concatenate([self.tail, piece[-PW_BLOCKSIZE:]])[-PW_BLOCKSIZE:]
+        self.pos = end
+
+    def total(self) -> np.generic:
+        if self.pos != self.n:
+            raise ValueError(f"{self.pos} of {self.n} values summed")
+
+        def node(lo: int, n: int):
+            s = self.sums.get((lo, n))
+            if s is not None:
+                return s
+            n2 = self._split(n)
+            return node(lo, n2) + node(lo + n2, n - n2)  # in the sum's dtype, as NumPy adds
+
+        return node(0, self.n)
+
+
+def rms(sq: PairwiseSum) -> float:
+    """`float(np.sqrt(np.mean(e * e)))` from the pairwise sum of e * e (np.mean divides the
+    float32 sum by an intp count)."""
+    total = sq.total()
+    return float(np.sqrt(total.dtype.type(total / np.intp(sq.n))))
+
+
+def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int] | None:
+    """Convert and write the matrix `t` (a SourceTensor) in row blocks of ~BLOCK_VALUES values.
+
+    `convert_block(part, errors)` is the pipeline's conversion of one block (a SourceTensor),
+    calling `errors(err)` with the error array behind its record's statistics. Returns (record,
+    (bits, group) or None, bytes written), or None when `t` is small, cannot be read by rows, or
+    its blocks disagree on a per-tensor choice; then nothing of `t` was written.
+    """
+    if t.rows is None or len(t.shape) != 2 or t.numel <= BLOCK_VALUES:
+        return None
+    rows, cols = t.shape
+    step = max(1, BLOCK_VALUES // cols)
+    starts = list(range(0, rows, step))
+    sq = PairwiseSum(rows * cols, [a * cols for a in starts])
+    first: dict = {}
+    held: list[list[np.ndarray]] = []  # per further array (scales, biases): its blocks
+    biggest, nbytes = [np.float32(0)], [0]
+
+    def weight_blocks():
+        for a in starts:
+            errs: list[np.ndarray] = []
+            arrays, record, qspec = convert_block(t.rows(a, min(a + step, rows)), errs.append)
+            layout = [(name, arr.dtype, arr.shape[1:], st) for name, arr, st in arrays]
+            plain = {k: v for k, v in record.items() if k not in ERROR_KEYS}
+            if not first:
+                first.update(record=record, plain=plain, qspec=qspec, layout=layout)
+                held.extend([] for _ in arrays[1:])
+            elif (plain, qspec, layout) != (first["plain"], first["qspec"], first["layout"]):
+                raise _Differs
+            if any(k in record for k in ERROR_KEYS):
+                if len(errs) != 1:  # statistics this module cannot merge (lowbit's choice)
+                    raise _Differs
+                e = np.ascontiguousarray(errs[0], np.float32).reshape(-1)
+                sq.add(e * e)
+                biggest[0] = max(biggest[0], e.max())
+            for store, (_, arr, _) in zip(held, arrays[1:]):
+                store.append(arr)
+                nbytes[0] += arr.nbytes
+            nbytes[0] += arrays[0][1].nbytes
+            yield arrays[0][1]
+
+    blocks = weight_blocks()
+    try:
+        head = [next(blocks)]  # the first block says the weight's safetensors dtype
+        name, _, _, st = first["layout"][0]
+        writer.add_blocks(name, rows, _drain(head, blocks), st)
+    except _Differs:
+        return None
+    for (name, _, _, st), parts in zip(first["layout"][1:], held):
+        writer.add_blocks(name, rows, parts, st)
+        parts.clear()
+    record = dict(first["record"])
+    if "rms_err" in record:
+        record["max_abs_err"], record["rms_err"] = float(biggest[0]), rms(sq)
+    return record, first["qspec"], nbytes[0]
+
+
+def _drain(head: list, rest):
+    """head's item, then rest's, holding none of them once handed on."""
+    yield head.pop()
+    yield from rest
