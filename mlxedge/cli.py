@@ -31,6 +31,8 @@ COMMANDS = {
     "create": ("create", "create a stored model from a Modelfile"),
     "verify": ("verify", "re-hash the store's blobs"),
     "audit": ("audit", "summarize the store's audit log"),
+    "export": ("export", "export a model as a stateful Core ML package (--to coreml)"),
+    "serve": ("serve", "serve models over OpenAI- and Ollama-compatible HTTP APIs"),
 }
 
 
