@@ -37,18 +37,20 @@ def gemma3_gguf() -> Path:
     return _gguf(assets.gemma3_gguf)
 
 
+# The real-model bundles are `convert --exact`: the tests that use them check the exact repack and
+# llama.cpp's outputs; the compact default is tested in tests/test_lowbit.py.
 @pytest.fixture(scope="session")
 def smollm2_bundle(tmp_path_factory, smollm2_gguf) -> Path:
     from mlxedge.convert import convert
 
-    return convert(smollm2_gguf, tmp_path_factory.mktemp("bundles") / "smollm2", show_progress=False)
+    return convert(smollm2_gguf, tmp_path_factory.mktemp("bundles") / "smollm2", show_progress=False, exact=True)
 
 
 @pytest.fixture(scope="session")
 def gemma3_bundle(tmp_path_factory, gemma3_gguf) -> Path:
     from mlxedge.convert import convert
 
-    return convert(gemma3_gguf, tmp_path_factory.mktemp("bundles") / "gemma3", show_progress=False)
+    return convert(gemma3_gguf, tmp_path_factory.mktemp("bundles") / "gemma3", show_progress=False, exact=True)
 
 
 def load_golden(name: str) -> dict:

@@ -107,13 +107,14 @@ def has_fallback_types(name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """name -> converted bundle directory (each file converted once, on first use)."""
+    """name -> `convert --exact` bundle directory (each file converted once, on first use); the
+    compact default's forms are checked in tests/test_lowbit.py."""
     root = tmp_path_factory.mktemp("bundles")
     done: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in done:
-            done[name] = convert(FIX / f"{name}.gguf", root / name, show_progress=False)
+            done[name] = convert(FIX / f"{name}.gguf", root / name, show_progress=False, exact=True)
         return done[name]
 
     return get
