@@ -32,7 +32,6 @@ COMMANDS = {
     "verify": ("verify", "re-hash the store's blobs"),
     "audit": ("audit", "summarize the store's audit log"),
     "export": ("export", "export a model as a stateful Core ML package (--to coreml)"),
-    "export": ("export", "export a model as a stateful Core ML package (--to coreml)"),
     "serve": ("serve", "serve models over OpenAI- and Ollama-compatible HTTP APIs"),
 }
 
