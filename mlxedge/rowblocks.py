@@ -20,6 +20,10 @@ from typing import Callable
 
 import numpy as np
 
+from .quant import lowbit
+from .quant.search import dequantize as dequantize_affine
+from .quant.search import quantize_search
+
 BLOCK_VALUES = 1 << 22  # values per row block: 16 MiB in float32, a few times that in temporaries
 PW_BLOCKSIZE = 128  # NumPy sums runs of up to this many values unsplit (8 accumulators)
 ERROR_KEYS = ("max_abs_err", "rms_err")  # the record fields merged across blocks
@@ -27,6 +31,13 @@ ERROR_KEYS = ("max_abs_err", "rms_err")  # the record fields merged across block
 
 class _Differs(Exception):
     """Two blocks of one tensor made different per-tensor choices."""
+
+
+class _Lowbit(Exception):
+    """The tensor goes to lowbit's smallest form (a choice over the whole tensor): `lowbit_blocks`."""
+
+    def __init__(self, scale_dtype: str):
+        self.scale_dtype = scale_dtype
 
 
 class PairwiseSum:
@@ -127,8 +138,11 @@ def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int
                 held.extend([] for _ in arrays[1:])
             elif (plain, qspec, layout) != (first["plain"], first["qspec"], first["layout"]):
                 raise _Differs
+            if "source_noise" in record and not first.get("checked"):
+                raise _Lowbit("float32" if arrays[1][1].dtype == np.float32 else "float16")
+            first["checked"] = True
             if any(k in record for k in ERROR_KEYS):
-                if len(errs) != 1:  # statistics this module cannot merge (lowbit's choice)
+                if len(errs) != 1:  # statistics this module cannot merge
                     raise _Differs
                 e = np.ascontiguousarray(errs[0], np.float32).reshape(-1)
                 sq.add(e * e)
@@ -146,6 +160,8 @@ def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int
         writer.add_blocks(name, rows, _drain(head, blocks), st)
     except _Differs:
         return None
+    except _Lowbit as e:
+        return lowbit_blocks(t, writer, first["layout"], e.scale_dtype, step)
     for (name, _, _, st), parts in zip(first["layout"][1:], held):
         writer.add_blocks(name, rows, parts, st)
         parts.clear()
@@ -159,3 +175,79 @@ def _drain(head: list, rest):
     """head's item, then rest's, holding none of them once handed on."""
     yield head.pop()
     yield from rest
+
+
+class _Rejected(Exception):
+    """A lowbit candidate missed the criterion: its blocks are taken back."""
+
+
+def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int) -> tuple[dict, tuple, int]:
+    """`lowbit.choose` for a matrix read a block of rows at a time, with the same choice, bytes
+    and statistics: σ_src and every candidate's RMS are float64 means, rebuilt by PairwiseSum;
+    the row sample is the same rows; `quantize_search` works row by row. Each candidate tried in
+    full is written as it is quantized and taken back if it misses the criterion."""
+    rows, cols = t.shape
+    size, reach, with_min = lowbit.GRIDS[t.src_type]
+    starts = list(range(0, rows, step))
+
+    def dense_blocks():
+        for a in starts:
+            yield t.rows(a, min(a + step, rows)).dense()
+
+    steps = PairwiseSum(rows * cols // size, [a * cols // size for a in starts])
+    for w in dense_blocks():  # σ_src as lowbit.source_noise computes it
+        x = w.reshape(len(w), cols // size, size).astype(np.float64)
+        extent = (x.max(-1) - x.min(-1)) if with_min else np.abs(x).max(-1)
+        st = extent / reach
+        steps.add((st * st).reshape(-1))
+    total = steps.total()
+    noise = float(np.sqrt(total / np.intp(steps.n) / 12))
+    limit = lowbit.TAU * noise
+    stride = max(1, rows // lowbit.SAMPLE_ROWS)
+    sample = np.concatenate([t.rows(i, i + 1).dense() for i in range(0, rows, stride)])
+    fitting = [(b, g) for b, g in lowbit.CANDIDATES if cols % g == 0]
+    names = [name for name, _, _, _ in layout]
+    for k, (bits, group) in enumerate(fitting):
+        last = k == len(fitting) - 1
+        if not last:
+            trial = dequantize_affine(quantize_search(sample, bits, group, None, scale_dtype))
+            if _rms64(trial, sample) > lowbit.PRUNE * limit:
+                continue
+        sq = PairwiseSum(rows * cols, [a * cols for a in starts])
+        held: tuple[list, list] = ([], [])
+        biggest = [np.float32(0)]
+        result: dict = {}
+
+        def packed():
+            for w in dense_blocks():
+                aff = quantize_search(w, bits, group, None, scale_dtype)
+                back = dequantize_affine(aff)
+                d = (back - w).astype(np.float64)
+                sq.add((d * d).reshape(-1))
+                biggest[0] = max(biggest[0], np.abs(back - w).max())
+                held[0].append(aff.scales)
+                held[1].append(aff.biases)
+                yield aff.packed()
+            err = float(np.sqrt(sq.total() / np.intp(sq.n)))
+            if not (err <= limit or last):
+                raise _Rejected
+            result["err"] = err
+
+        try:
+            writer.add_blocks(names[0], rows, packed())
+        except _Rejected:
+            continue
+        nbytes = rows * cols * bits // 8 + sum(p.nbytes for parts in held for p in parts)
+        for name, parts in zip(names[1:], held):
+            writer.add_blocks(name, rows, parts)
+        err = result["err"]
+        ratio = err / noise if noise > 0 else (0.0 if err == 0 else np.inf)
+        record = {"source": t.src_type, "target": f"affine{bits}g{group}", "max_abs_err": float(biggest[0]),
+                  "rms_err": err, "source_noise": noise, "err_ratio": round(ratio, 4)}
+        return record, (bits, group), nbytes
+    raise AssertionError("unreachable: the last candidate is always taken")
+
+
+def _rms64(a: np.ndarray, b: np.ndarray) -> float:
+    d = (a - b).astype(np.float64)  # as lowbit._rms
+    return float(np.sqrt(np.mean(d * d)))

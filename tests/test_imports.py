@@ -31,7 +31,7 @@ LAYERS = {
     "mlxedge.files": {"mlxedge.errors"},
     "mlxedge.pipeline": {"mlxedge", "mlxedge.errors", "mlxedge.dtypes", "mlxedge.safetensors",
                          "mlxedge.formats", "mlxedge.quant", "mlxedge.progress", "mlxedge.rowblocks"},
-    "mlxedge.rowblocks": set(),
+    "mlxedge.rowblocks": {"mlxedge.quant"},
 }
 MAX_LINES = 400
 
