@@ -28,6 +28,8 @@ class Model:
         self.tokenizer = tokenizer
         self.defaults = store.settings(directory)  # a store model's SYSTEM / PARAMETERs: under arguments
         self.context_length = context_length  # config.json's max_position_embeddings; None: unknown
+        if self.defaults.get("num_ctx"):  # a Modelfile's num_ctx narrows it
+            self.context_length = min(self.defaults["num_ctx"], context_length or self.defaults["num_ctx"])
 
     def check_context(self, n_tokens: int) -> None:
         """Refuse a prompt longer than the model's context, at once and with both lengths."""

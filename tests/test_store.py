@@ -253,3 +253,12 @@ def test_audit_log(home, tiny):
     s = store.audit.summarize(store.audit.read())
     assert s["by_key"]["k1"] == {"request": 1, "tokens": 7, "failures": 1} and s["failures"][0]["error"] == "boom"
     assert "failed:" in run_cli(home, "audit").stdout
+
+
+def test_num_ctx_narrows_the_context(home, tiny):
+    store.create("tiny:short", "FROM tiny:q4\nPARAMETER num_ctx 40\n")
+    assert mlxedge.load("tiny:q4", backend="numpy").context_length == 256
+    model = mlxedge.load("tiny:short", backend="numpy")
+    assert model.context_length == 40 and store.show("tiny:short")["parameters"] == {"num_ctx": 40}
+    with pytest.raises(MlxEdgeError, match="longer than the model's context of 40"):
+        model.generate("word " * 60)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from . import audit, catalogue, layout, modelfile, names
 from .layout import home
-from .lookup import get, materialize, resolve, settings  # first: modelcache imports it, and pull imports modelcache
-from .models import (apply_settings, cp, create, default_model, list_models, rm, show,
-                     show_modelfile, verify)
+from .lookup import get, materialize, resolve, settings  # first: modelcache imports it, pull imports modelcache
+from .models import apply_settings, cp, create, default_model, list_models, rm, show, show_modelfile, verify
 from .importer import pull
 
-__all__ = ["apply_settings", "audit", "catalogue", "cp", "create", "default_model", "get", "home", "layout", "list_models",
-           "materialize", "modelfile", "names", "pull", "resolve", "rm", "settings", "show", "show_modelfile",
-           "verify"]
+__all__ = ["apply_settings", "audit", "catalogue", "cp", "create", "default_model", "get", "home", "layout",
+           "list_models", "materialize", "modelfile", "names", "pull", "resolve", "rm", "settings", "show",
+           "show_modelfile", "verify"]

@@ -1,16 +1,14 @@
-"""Named models: resolve/materialize for loading, and list, show, rm, cp, create, verify."""
+"""Named models: the default model, list, show, rm, cp, create, verify (loading: lookup.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 from ..errors import MlxEdgeError
 from . import audit, catalogue, layout, modelfile, names
-from .lookup import SETTINGS, check_blob, get, materialize, resolve, settings  # noqa: F401
+from .lookup import check_blob, get
 from .importer import commit, model_id, pull
 
 def default_model(quiet: bool = True) -> str:
