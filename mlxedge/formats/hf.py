@@ -30,13 +30,14 @@ from .tokenizer_files import check_tokenizer_files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _sanitize(raw: dict[str, Tensor], config: dict, arch) -> tuple[dict[str, Tensor], list[str]]:
+def _sanitize(raw: dict[str, Tensor], config: dict, arch, compare_head: bool = True
+              ) -> tuple[dict[str, Tensor], list[str]]:
     """mlx-lm's checkpoint quirks: drop rotary inv_freq and a tied lm_head. -> (tensors, dropped)."""
     dropped = [k for k in raw if "rotary_emb.inv_freq" in k]
     if "lm_head.weight" in raw and "model.embed_tokens.weight" in raw and "lm_head.scales" not in raw:
         head, embed = raw["lm_head.weight"], raw["model.embed_tokens.weight"]
         tied = config.get("tie_word_embeddings", False)
-        duplicate = head.shape == embed.shape and np.array_equal(head.load(), embed.load())
+        duplicate = compare_head and head.shape == embed.shape and np.array_equal(head.load(), embed.load())
         if (tied and arch.DROP_TIED_HEAD) or duplicate:
             dropped.append("lm_head.weight")
             if duplicate:
@@ -56,8 +57,11 @@ def _float_dtype(config: dict, raw: dict[str, Tensor], arch) -> str:
     return arch.FLOAT_DTYPE
 
 
-def read_hf(path: str | Path) -> Source:
-    """Read a Hugging Face checkpoint or an MLX bundle directory into a conversion Source."""
+def read_hf(path: str | Path, compare_head: bool = True) -> Source:
+    """Read a Hugging Face checkpoint or an MLX bundle directory into a conversion Source.
+
+    `compare_head=False` skips reading lm_head and the embedding to see whether the head merely
+    duplicates it: for callers that only want the checks (inspect, the backends)."""
     root = Path(path)
     config = read_json(root / "config.json")
     if "model_type" not in config:
@@ -71,7 +75,7 @@ def read_hf(path: str | Path) -> Source:
         raise MlxEdgeError(f"{root / 'config.json'}: \"quantization\" is {qcfg!r}, expected an object")
     written_by_us = read_json(root / "mlxedge.json", missing_ok=True)  # checked even when not needed
     is_bundle = qcfg is not None or bool(written_by_us)
-    raw, dropped = _sanitize(raw, config, arch)
+    raw, dropped = _sanitize(raw, config, arch, compare_head)
 
     quantized = {k[: -len(".scales")] for k in raw if k.endswith(".scales")}
     if quantized and not qcfg:
