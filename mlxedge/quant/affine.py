@@ -133,52 +133,46 @@ def _cast_params(x: np.ndarray, scale_dtype: str) -> np.ndarray:
     raise ValueError(f"scale_dtype must be float16, bfloat16 or float32, not {scale_dtype!r}")
 
 
-# -- unpacking for a matmul: values in "slot order" ------------------------------------------
-# A byte (or a unit of `bits` bytes) holds v = 8 / gcd(bits, 8) consecutive values. Writing value
-# k of every unit of a group side by side ("slot" k*U + u for unit u of U) turns the unpack into a
-# few whole-array shifts and masks; a matmul then permutes x instead of the weights.
+# -- unpacking for a matmul, column-major -----------------------------------------------------
+# A unit of nb bytes holds v consecutive values (4 bits: 2 per byte; 5 bits: 8 per 5 bytes). With
+# the units of all rows side by side, (units, nb, rows), value k of every row's unit u is a few
+# whole-row shifts and masks, and the unpacked matrix comes out as W.T (in, rows): contiguous
+# blocks of `group_size` input rows, ready for x @ W.T.
 
 def _unit(bits: int) -> tuple[int, int]:
     """(values per unit, bytes per unit): 2 -> (4, 1), 4 -> (2, 1), 8 -> (1, 1), 3/5 -> (8, 3/5), 6 -> (4, 3)."""
-    v = 8 // np.gcd(bits, 8)
-    return int(v), int(bits * v // 8)
+    v = 8 // int(np.gcd(bits, 8))
+    return v, bits * v // 8
 
 
-def slot_order(bits: int, group_size: int) -> np.ndarray:
-    """(group_size,) int64: slot s of a group holds value `slot_order(...)[s]` of that group."""
-    v, _ = _unit(bits)
-    units = group_size // v
-    return (np.arange(units)[None, :] * v + np.arange(v)[:, None]).reshape(-1)  # (v, units) -> slots
+def values_per_unit(bits: int) -> int:
+    return _unit(bits)[0]
 
 
-def unpack_scratch(rows: int, words: int, bits: int) -> tuple[tuple[int, ...], type]:
-    """Shape and dtype of the scratch `unpack_slots_into` needs for `rows` packed rows of `words` uint32."""
+def pack_columns(w: np.ndarray, bits: int) -> np.ndarray:
+    """(rows, words) uint32 packed rows -> (units, nb, rows) uint8: the same bytes, rows last."""
     v, nb = _unit(bits)
-    return (2, rows, words * 4 // nb), np.uint8
+    b = np.ascontiguousarray(w).view(np.uint8).reshape(w.shape[0], -1, nb)  # (rows, units, nb)
+    return np.ascontiguousarray(b.transpose(1, 2, 0))                        # (units, nb, rows)
 
 
-def unpack_slots_into(w: np.ndarray, bits: int, group_size: int, out: np.ndarray,
-                      scratch: np.ndarray | None = None) -> np.ndarray:
-    """(rows, words) uint32 -> `out` (rows, words * 32 // bits) float32 holding the values in slot order.
-
-    `out[:, g*gs:(g+1)*gs][:, s] == unpack(w)[:, g*gs + slot_order(bits, gs)[s]]`; `scratch` as
-    given by `unpack_scratch` (allocated when None). No temporaries beyond it."""
-    rows, words = w.shape
-    v, nb = _unit(bits)
-    units = group_size // v
-    b = np.ascontiguousarray(w).view(np.uint8).reshape(rows, -1, units, nb)  # (rows, groups, U, nb)
-    o = out.reshape(rows, -1, v, units)                                       # (rows, groups, v, U)
+def unpack_columns_into(bt: np.ndarray, bits: int, out: np.ndarray,
+                        scratch: np.ndarray | None = None) -> np.ndarray:
+    """(units, nb, cols) uint8 from `pack_columns` (or a slice) -> `out` (units * v, cols) float32,
+    `unpack(w).T` for those units and columns. `scratch`: (2, units, cols) uint8 or None."""
+    units, nb, cols = bt.shape
+    v = _unit(bits)[0]
+    o = out.reshape(units, v, cols)
     mask = (1 << bits) - 1
-    if scratch is None:
-        shape, dtype = unpack_scratch(rows, words, bits)
-        scratch = np.empty(shape, dtype)
     if bits == 8:
-        np.copyto(o[:, :, 0], b[..., 0])
+        np.copyto(o[:, 0], bt[:, 0])
         return out
-    t, t2 = (s.reshape(b.shape[:-1]) for s in scratch)  # (rows, groups, U) uint8 each
+    if scratch is None:
+        scratch = np.empty((2, units, cols), np.uint8)
+    t, t2 = scratch[0].reshape(units, cols), scratch[1].reshape(units, cols)
     for k in range(v):  # value k of a unit: bits [k*bits, (k+1)*bits) of its bytes
         j, sh = divmod(k * bits, 8)
-        src, dst = b[..., j], o[:, :, k]
+        src, dst = bt[:, j], o[:, k]
         if sh + bits == 8:
             np.right_shift(src, sh, out=dst)
         elif sh + bits < 8:
@@ -187,7 +181,7 @@ def unpack_slots_into(w: np.ndarray, bits: int, group_size: int, out: np.ndarray
             np.bitwise_and(src, mask, out=dst)
         else:  # straddles bytes j and j + 1 (uint8 shifts drop the bits above)
             np.right_shift(src, sh, out=t)
-            np.left_shift(b[..., j + 1], 8 - sh, out=t2)
+            np.left_shift(bt[:, j + 1], 8 - sh, out=t2)
             np.bitwise_or(t, t2, out=t)
             np.bitwise_and(t, mask, out=dst)
     return out

@@ -24,7 +24,7 @@ from ... import safetensors
 from ...dtypes import as_float32
 from ...errors import MlxEdgeError
 from ...safetensors import quant_spec
-from .lean import ROW_BLOCK, Half, PackedAffine, PackedFloat, Scratch
+from .lean import ROW_BLOCK, Half, LeanAffine, PackedAffine, PackedFloat, Scratch
 
 MODES = ("float32", "float16", "lean")
 
@@ -144,8 +144,12 @@ class Weights:
             if w.shape[-1] * 32 // bits != scales.shape[-1] * group_size:
                 raise MlxEdgeError(f"{prefix}: weight {w.shape} and scales {scales.shape} do not match "
                                    f"{bits}-bit quantization with group size {group_size}")
-            return PackedAffine(w, scales, biases, bits, group_size, self.scratch)
+            return PackedAffine(w, scales, biases, bits, group_size)
         return PackedFloat(w, self.scratch)
+
+    def _lean(self, src):
+        """Packed weights re-laid for unpacking per call (a copy of the same size); floats as stored."""
+        return LeanAffine(src, self.scratch) if isinstance(src, PackedAffine) else src
 
     def _half(self, src, prefix: str) -> Half:
         """W (out, in) in float16, converted a block of rows at a time."""
@@ -162,7 +166,7 @@ class Weights:
         src = self._source(prefix)
         bias = self.vector(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
         if self.mode == "lean":
-            return Linear(None, bias, lazy=src, name=prefix)
+            return Linear(None, bias, lazy=self._lean(src), name=prefix)
         if self.mode == "float16":
             return Linear(None, bias, lazy=self._half(src, prefix), name=prefix)
         return Linear(src.transposed(), bias, name=prefix)
@@ -170,7 +174,7 @@ class Weights:
     def embedding(self, prefix: str, tied: bool) -> Embedding:
         src = self._source(prefix)
         if self.mode == "lean":
-            return Embedding(lazy=src)
+            return Embedding(lazy=self._lean(src))
         if self.mode == "float16":  # one float16 table serves lookup and a tied lm_head
             return Embedding(lazy=self._half(src, prefix))
         if tied:  # one transposed copy serves lookup and lm_head
@@ -197,5 +201,5 @@ def read_raw(directory: str | Path) -> dict[str, np.ndarray]:
     """All tensors memory-mapped as stored (bfloat16 as uint16 bits: widened only when used)."""
     raw: dict[str, np.ndarray] = {}
     for f in bundle_files(directory):
-        raw.update({k: t.load() for k, t in safetensors.scan(f).items()})
+        raw.update({k: t.load().view(np.ndarray) for k, t in safetensors.scan(f).items()})  # plain views: cheaper slicing
     return raw
