@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -114,8 +115,11 @@ def test_create_directives_reach_generation(home, tiny):
     assert gen.stats.generation_tokens == 3  # num_predict
     explicit = base.generate("hi", system="You are\nterse.", max_tokens=3, temp=0.8, seed=7, top_k=5)
     assert model.generate("hi") == explicit  # the same sampling: temperature, seed, top_k
-    assert model.generate("hi", max_tokens=5) != model.generate("hi") or True  # arguments win
-    assert len(model.tokenizer.encode(model.generate("hi", max_tokens=1), add_special_tokens=False)) <= 2
+    one = model.generation(model.encode_prompt("hi"), max_tokens=1)  # an argument wins over num_predict
+    one.run()
+    assert one.stats.generation_tokens == 1
+    assert model.generate("hi", temp=0.0, max_tokens=3) == base.generate("hi", system="You are\nterse.",
+                                                                         max_tokens=3)
     tpl = store.create("tiny:tpl", 'FROM tiny:terse\nTEMPLATE """{{ messages[-1].content }}!"""')
     loaded = mlxedge.load("tiny:tpl", backend="numpy")
     assert loaded.tokenizer.chat_template == "{{ messages[-1].content }}!" and tpl["parameters"]["num_predict"] == 3
@@ -225,6 +229,8 @@ def test_corrupted_blob_found_by_verify_and_refused_at_load(home, tiny):
     assert "model.safetensors" in line and "changed" in line
     with pytest.raises(MlxEdgeError, match="is changed"):
         mlxedge.load("tiny:q4")
+    store.pull(str(TINY), name="tiny:q4", quiet=True)  # pulling again replaces the damaged blob
+    assert store.verify() == [] and mlxedge.load("tiny:q4", backend="numpy").generate("hi", max_tokens=2)
     blob.unlink()
     assert store.verify("tiny:q4")[0]["problem"] == "missing"
     failed = [e for e in store.audit.read() if e["event"] == "load" and e["outcome"] == "error"]
@@ -262,3 +268,16 @@ def test_num_ctx_narrows_the_context(home, tiny):
     assert model.context_length == 40 and store.show("tiny:short")["parameters"] == {"num_ctx": 40}
     with pytest.raises(MlxEdgeError, match="longer than the model's context of 40"):
         model.generate("word " * 60)
+
+
+def test_chat_takes_a_name_and_its_system_prompt(home, tiny):
+    store.create("tiny:chat", 'FROM tiny:q4\nSYSTEM "be brief"\nPARAMETER num_predict 2\n')
+    def stats(*args):
+        r = run_cli(home, "chat", "--backend", "numpy", *args, stdin="hello\n/exit\n")
+        assert r.returncode == 0, r.stderr
+        line = next(x for x in r.stderr.splitlines() if x.startswith("[prompt:"))
+        return re.findall(r"(\d+) tokens,", line)  # [prompt tokens, generated tokens]
+
+    named = stats("--model", "tiny:chat")
+    assert named == stats("--model", "tiny:q4", "--system", "be brief", "-m", "2")
+    assert named[1] == "2" and named != stats("--model", "tiny:q4", "-m", "2")

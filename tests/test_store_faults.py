@@ -114,3 +114,20 @@ def test_disk_full_during_pull(tmp_path):
     assert [(e["event"], e["outcome"]) for e in log] == [("pull", "error"), ("verify", "ok")]
     assert run_cli(home, "pull", str(TINY), "--as", "tiny:q4").returncode == 0
     assert_consistent(home)
+
+
+def test_ctrl_c_during_pull_cleans_up_at_once(tmp_path):
+    home = tmp_path / "store"
+    p = start(home, "pull", str(TINY), "--as", "tiny:q4", pause="pull:blobs")
+    marker = home / "tmp" / "paused-pull:blobs"
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    marker.unlink()
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=60) == 130
+    assert names_listed(home) == [] and not list((home / "tmp").glob("*"))  # its work dir went with it
+    verify_clean(home)
+    log = [json.loads(x) for x in (home / "audit.jsonl").read_text().splitlines()]
+    assert (log[0]["event"], log[0]["outcome"]) == ("pull", "error")

@@ -85,7 +85,7 @@ def _reusable(kind: str, ref: str, sha: str | None, quant: str) -> dict | None:
             continue
         same = src.get("sha256") == sha if sha else (src.get("kind"), src.get("ref")) == (kind, ref)
         if same and m.get("recipe") == quant and m.get("mlxedge_version") == __version__ \
-                and all(layout.blob_path(f["digest"]).is_file() for f in m["files"].values()):
+                and all(layout.check_blob(f["digest"], f["size"]) is None for f in m["files"].values()):
             return m
     return None
 
@@ -189,7 +189,7 @@ def _rename(base: dict, name: str, extra: dict | None) -> dict:
     """The same conversion under `name` (a manifest over the same blobs)."""
     with layout.lock("store", shared=True):
         if not all(layout.blob_path(f["digest"]).is_file() for f in base["files"].values()):
-            raise MlxEdgeError(f"{base['name']}'s blobs went missing meanwhile; pull again")
+            raise MlxEdgeError(f"{base['name']}'s blobs went missing meanwhile; pull again")  # an rm in between
         m = {**base, "name": name, "modified": audit.now(), "parameters": {}, "system": None, "template": None}
         m.update(extra or {})
         m["id"] = model_id(m)

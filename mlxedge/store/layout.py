@@ -115,13 +115,38 @@ def copy_hashing(src: Path, dst: Path, progress=None) -> str:
     return h.hexdigest()
 
 
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_ino} {st.st_ctime_ns} {st.st_mtime_ns}"
+
+
+def check_blob(digest: str, size: int | None = None, rehash: bool = False) -> str | None:
+    """None when the blob is whole, else 'missing' / 'changed'. A blob unchanged (size, inode, times)
+    since it last hashed right is not hashed again unless `rehash`."""
+    path = blob_path(digest)
+    stamp_file = home() / "verified" / path.name
+    try:
+        stamp = _stamp(path)
+    except FileNotFoundError:
+        return "missing"
+    if not rehash and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return None
+    if (size is not None and path.stat().st_size != size) or sha256_file(path) != digest:
+        return "changed"
+    with contextlib.suppress(OSError):
+        sub("verified")
+        stamp_file.write_text(stamp)
+    return None
+
+
 def add_blob(path: Path, digest: str | None = None) -> tuple[str, int]:
-    """Move `path` (a file in a work dir) into blobs/ under its sha256; (digest, size)."""
+    """Move `path` (a file in a work dir) into blobs/ under its sha256; (digest, size). A blob already
+    there is kept when whole and replaced when damaged."""
     digest = digest or sha256_file(path)
     size = path.stat().st_size
     target = blob_path(digest)
     sub("blobs")
-    if target.exists() and target.stat().st_size == size:
+    if target.exists() and check_blob(digest, size) is None:
         path.unlink()
     else:
         os.replace(path, target)

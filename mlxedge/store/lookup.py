@@ -6,7 +6,6 @@ converter's planner imports modelcache.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from ..errors import MlxEdgeError
 from . import audit, layout, modelfile, names
+from .layout import check_blob
 
 SETTINGS = "mlxedge-store.json"  # in a materialized dir: the name's system prompt and options
 
@@ -28,30 +28,6 @@ def get(name: str) -> dict:
     return m
 
 
-def _stamp(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size} {st.st_ino} {st.st_ctime_ns} {st.st_mtime_ns}"
-
-
-def check_blob(digest: str, size: int | None = None, rehash: bool = False) -> str | None:
-    """None when the blob is whole, else 'missing' / 'changed'. A blob unchanged (size, inode, times)
-    since it last hashed right is not hashed again unless `rehash`."""
-    path = layout.blob_path(digest)
-    stamp_file = layout.home() / "verified" / path.name
-    try:
-        stamp = _stamp(path)
-    except FileNotFoundError:
-        return "missing"
-    if not rehash and stamp_file.is_file() and stamp_file.read_text() == stamp:
-        return None
-    if (size is not None and path.stat().st_size != size) or layout.sha256_file(path) != digest:
-        return "changed"
-    with contextlib.suppress(OSError):
-        layout.sub("verified")
-        stamp_file.write_text(stamp)
-    return None
-
-
 def materialize(m: dict) -> Path:
     """models/<id>/: the manifest's files as hardlinks (symlinks where links fail) to its blobs,
     checked first; a damaged blob refuses the load in one line."""
@@ -61,7 +37,7 @@ def materialize(m: dict) -> Path:
             raise MlxEdgeError(f"{m['name']}: {fname} (blob sha256-{f['digest'][:12]}) is {problem}; "
                                f"`mlxedge verify` lists the damage, `mlxedge pull` it again")
     target = layout.home() / "models" / m["id"]
-    if (target / SETTINGS).is_file():
+    if (target / SETTINGS).is_file() and _links_current(target, m):
         return target
     with layout.lock("store", shared=True), layout.workdir() as work:
         d = work / "model"
@@ -79,11 +55,19 @@ def materialize(m: dict) -> Path:
         layout.sub("models")
         try:
             os.rename(d, target)
-        except OSError:
-            if not (target / SETTINGS).is_file():  # another process won only if its dir is whole
+        except OSError:  # another process won only if its dir is whole and links today's blobs
+            if not ((target / SETTINGS).is_file() and _links_current(target, m)):
                 shutil.rmtree(target, ignore_errors=True)
                 os.rename(d, target)
     return target
+
+
+def _links_current(target: Path, m: dict) -> bool:
+    """Each file of a materialized dir is still its blob (a blob replaced by a new pull is a new inode)."""
+    try:
+        return all(os.path.samefile(target / fname, layout.blob_path(f["digest"])) for fname, f in m["files"].items())
+    except OSError:
+        return False
 
 
 def resolve(model: str | os.PathLike, quiet: bool = True) -> Path | None:
