@@ -209,8 +209,11 @@ def _sentencepiece_bpe(meta: dict) -> tuple[dict, Any, Any, dict]:
             # llama.cpp could also join a lone character that is no entry; tokenizers spells such a
             # character as bytes before merging, so it cannot (in Gemma 3 only ' ' is one, and spaces
             # never reach the model: they become U+2581 first).
-            if text[:cut] in index and text[cut:] in index:
-                pairs.append([text[:cut], text[cut:]])
+            left, right = index.get(text[:cut]), index.get(text[cut:])
+            if left is not None and right is not None:
+                # the vocabulary's own strings: a million merges of a 262k vocabulary (Gemma 3)
+                # would otherwise hold two new copies each (~55 MB)
+                pairs.append([tokens[left], tokens[right]])
                 joined.append(tid)
     # Best score first; a stable sort keeps equal scores in id order, then split order.
     order = np.argsort(-np.asarray(scores, dtype=np.float64)[joined], kind="stable")
