@@ -5,13 +5,17 @@
 
 Models: SmolLM2 Q4_1 and Gemma 3 Q4_K_M (mlxedge.assets), and the requantizations that
 scripts/make_requantized.py writes into out/requant/ (skipped when absent). Per model, every form
-is evaluated with `mlxedge.eval.evaluate` on the default evaluation text against one reference:
-the `--exact` bundle (every GGUF tensor bit-exact, or 8-bit where MLX cannot express it exactly),
-which for a file with only exactly-repackable types *is* the exact dequantization; forms:
+is evaluated with `mlxedge.eval.evaluate` on the default evaluation text against one reference,
+the exact dequantization: `--quant f32` (gguf-py's float32 values of every tensor); forms:
 
   default  `mlxedge convert` (float16 K-quant scales, lowbit's smallest forms)
-  exact    `mlxedge convert --exact` (the reference itself: KL 0 by construction)
-  f16      `--quant f16`: the exact values rounded to float16, the noise floor (docs/gguf.md)
+  exact    `mlxedge convert --exact` (bit-exact where MLX can, 8-bit group 32 elsewhere)
+  tauX     the default with lowbit's criterion at TAU = X instead of lowbit.TAU
+  scales   the default's float16 K-quant scales alone (8-bit for the other types, as --exact)
+  lowbit   the default's lowbit forms alone (float32 K-quant scales, as --exact)
+  f16      `--quant f16`: the exact values rounded to float16
+  mlx      KL(NumPy backend || mlx-lm) on the same `--exact` bundle: the evaluation's noise floor,
+           one model on two backends (mlx-lm computes in the model's float16/bfloat16)
 
 Prints one JSON line per (model, form) and the markdown table.
 """
@@ -19,6 +23,8 @@ Prints one JSON line per (model, form) and the markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import sys
@@ -40,6 +46,46 @@ def models() -> dict[str, Path]:
     return out
 
 
+@contextlib.contextmanager
+def _only(form: str):
+    """`scales` / `lowbit`: the default conversion with the other of its two changes switched off."""
+    from mlxedge import pipeline
+
+    saved = pipeline._narrow_scales, pipeline.lowbit.supported, pipeline.lowbit.choose
+    if form.startswith("tau"):
+        pipeline.lowbit.choose = functools.partial(saved[2], tau=float(form[3:]))
+    elif form == "scales":
+        pipeline.lowbit.supported = lambda src_type: False
+    elif form == "lowbit":
+        pipeline._narrow_scales = lambda aff, record: None
+    try:
+        yield
+    finally:
+        pipeline._narrow_scales, pipeline.lowbit.supported, pipeline.lowbit.choose = saved
+
+
+def _mlx_row(name: str, gguf_size: int, bundle: Path, ref, t0: float) -> dict:
+    """KL(NumPy backend || mlx-lm) on the exact bundle, scored as mlxedge.eval.score does."""
+    import mlx.core as mx
+    import mlx_lm
+    import numpy as np
+
+    from mlxedge.metrics import kl_rows, log_softmax
+
+    model, _ = mlx_lm.load(str(bundle))
+    kl, agree = [], []
+    for ids, want in zip(ref.chunks, ref.logprobs):
+        logits = np.array(model(mx.array(np.asarray(ids))[None])[0].astype(mx.float32))[:-1]
+        got = log_softmax(logits)
+        kl.append(kl_rows(want, got))
+        agree.append(want.argmax(-1) == got.argmax(-1))
+    kl = np.maximum(np.concatenate(kl), 0.0)
+    return {"model": name, "form": "mlx", "gguf_bytes": gguf_size, "weights_bytes": 0, "ratio": 0.0,
+            "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)),
+            "top1": float(np.concatenate(agree).mean()), "tokens": int(kl.size), "chosen": {},
+            "seconds": round(time.time() - t0, 1)}
+
+
 def main() -> None:
     from mlxedge import texts
     from mlxedge.convert import convert
@@ -48,7 +94,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=None, help="comma-separated model names")
-    ap.add_argument("--forms", default="default,f16")
+    ap.add_argument("--forms", default="exact,default,scales,lowbit,f16,mlx")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,15 +103,21 @@ def main() -> None:
                 continue
             gguf_size = gguf.stat().st_size
             exact = convert(gguf, Path(tmp) / f"{name}-exact", exact=True, show_progress=False)
+            dense = convert(gguf, Path(tmp) / f"{name}-f32", quant="f32", show_progress=False)
             chunks = text_chunks(exact, texts.evaluation_text(), context_length(read_config(exact), None))
-            ref = Reference.build(exact, chunks)
+            ref = Reference.build(dense, chunks)
             for form in args.forms.split(","):
                 t0 = time.time()
+                if form == "mlx":  # against the NumPy backend on the same bundle, not against `ref`
+                    rows.append(_mlx_row(name, gguf_size, exact, Reference.build(exact, chunks), t0))
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
                 if form == "exact":
                     out = exact
                 else:
                     quant = "f16" if form == "f16" else "keep"
-                    out = convert(gguf, Path(tmp) / f"{name}-{form}", quant=quant, show_progress=False)
+                    with _only(form):
+                        out = convert(gguf, Path(tmp) / f"{name}-{form}", quant=quant, show_progress=False)
                 r = evaluate(out, ref)
                 meta = json.loads((out / "mlxedge.json").read_text())
                 chosen: dict[str, int] = {}
