@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 
 from .errors import MlxEdgeError
 
@@ -18,11 +20,22 @@ def export(src, out, to: str = "coreml", **options):
     """Export `src` (bundle, .gguf, store name) to `out` in format `to`; options as coreml.export.export."""
     if to not in TARGETS:
         raise MlxEdgeError(f"--to {to!r}: choose from {', '.join(TARGETS)}")
+    # coremltools warns on import that Core ML's runtime is missing (it is, off Apple platforms)
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         import coremltools  # noqa: F401  (heavy, optional)
     except ImportError:
         raise MlxEdgeError("exporting to Core ML needs coremltools: pip install 'mlxedge[coreml]'") from None
-    return importlib.import_module("mlxedge.coreml.export").export(src, out, **options)
+    quiet = options.get("quiet", False)
+    before = os.environ.get("TQDM_DISABLE")
+    if quiet:  # coremltools' pass-pipeline progress bars
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return importlib.import_module("mlxedge.coreml.export").export(src, out, **options)
+    finally:
+        if quiet:
+            os.environ.pop("TQDM_DISABLE") if before is None else os.environ.update(TQDM_DISABLE=before)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

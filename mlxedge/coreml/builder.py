@@ -72,7 +72,7 @@ def build_program(model: NumpyModel, wm: WeightMaker, context: int, last_only: b
         masks = {}
         for i, blk in enumerate(model.blocks):
             p = f"model.layers.{i}"
-            window = blk.self_attn.window
+            window = getattr(blk.self_attn, "window", None)
             if window not in masks:
                 masks[window] = causal_mask(q_pos, k_pos, window, f"mask_{window or 'full'}")
             ctx = (q_pos, end, position_offset, masks[window], ropes[id(blk.self_attn.rope)])

@@ -1,0 +1,168 @@
+"""`mlxedge export --to coreml`, verified on Linux without Core ML's runtime.
+
+The saved .mlpackage is read back with coremltools and (1) every constexpr weight decompressed
+by coremltools is compared with MLX's dequantization of the bundle tensor, (2) the program is run
+by tests/mil_interp.py against the NumPy backend on the tiny fixtures of every architecture:
+float32 export vs the NumPy backend with its KV cache rounded to float16 as the Core ML state
+holds it (max |Δ| at float noise), float16 export by KL divergence, prefill-then-decode through
+the state vs one full forward, greedy continuations.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ct = pytest.importorskip("coremltools")
+
+import mil_interp  # noqa: E402
+from mlxedge.backends import numpy as numpy_backend  # noqa: E402
+from mlxedge.backends.numpy.cache import KVCache  # noqa: E402
+from mlxedge.backends.numpy.weights import read_raw  # noqa: E402
+from mlxedge.errors import MlxEdgeError  # noqa: E402
+from mlxedge.quant.affine import dequantize  # noqa: E402
+from mlxedge.safetensors import quant_spec  # noqa: E402
+
+TINY = Path(__file__).parent / "goldens" / "tiny"
+CONTEXT = 48
+# one float32 export per architecture and per stored form (4/8-bit, 3/6-bit widened, floats)
+FLOAT32 = ["llama_q4_bf16", "llama_q3", "llama_q6", "qwen2_q4", "qwen3_q8", "gemma3_q4", "phi3_mixed_longrope"]
+FLOAT16 = ["llama_q4_bf16", "gemma3_q4", "phi3_f16"]
+PROMPT = np.array([5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 200, 31], np.int32)
+
+
+class Float16KV(KVCache):
+    """The NumPy backend's cache holding keys/values rounded to float16, as the Core ML state does."""
+
+    def update(self, layer, k, v):
+        return super().update(layer, k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32))
+
+
+_EXPORTS: dict = {}
+
+
+def exported(name: str, precision: str, tmp_path_factory) -> Path:
+    from mlxedge.export import export
+    key = (name, precision)
+    if key not in _EXPORTS:
+        out = tmp_path_factory.mktemp(f"{name}_{precision}") / "model.mlpackage"
+        export(TINY / name, out, context=CONTEXT, compute_precision=precision, quiet=True)
+        _EXPORTS[key] = out
+    return _EXPORTS[key]
+
+
+def run(prog: mil_interp.Program, ids, offset: int) -> np.ndarray:
+    ids = np.asarray(ids, np.int32)[None]
+    return prog(input_ids=ids, position_offset=np.array([offset], np.int32))["logits"][0]
+
+
+def log_softmax(x):
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+def test_float32_export_matches_numpy_backend(name, tmp_path_factory):
+    pkg = exported(name, "float32", tmp_path_factory)
+    check_weights(name, pkg)
+    prog = mil_interp.Program(pkg)
+    model = numpy_backend.load(TINY / name, mode="float32")
+    ref = model.forward(PROMPT, Float16KV(len(model.blocks)))
+    got = run(prog, PROMPT, 0)
+    assert got.shape == ref.shape
+    scale = float(np.abs(ref).max())
+    # float noise, amplified where a key/value sits at a float16 rounding boundary
+    assert np.abs(got - ref).max() <= 5e-4 * scale, np.abs(got - ref).max()
+    assert np.abs(got - ref).mean() <= 5e-5 * scale, np.abs(got - ref).mean()
+    # prefill 8 then 4 single-token steps through the state == one forward over all 12
+    prog.reset()
+    steps = [run(prog, PROMPT[:8], 0)] + [run(prog, PROMPT[i:i + 1], i) for i in range(8, 12)]
+    assert np.abs(np.concatenate(steps) - got).max() <= 5e-4 * scale
+    # greedy: 16 tokens decoded through the state == the NumPy backend's
+    cache = Float16KV(len(model.blocks))
+    a, b = [int(np.argmax(ref[-1]))], [int(np.argmax(got[-1]))]
+    model.forward(PROMPT, cache)  # refill the reference cache
+    for i in range(15):
+        a.append(int(np.argmax(model.forward(np.array([a[-1]]), cache)[-1])))
+        b.append(int(np.argmax(run(prog, [b[-1]], 12 + i)[-1])))
+    assert a == b
+
+
+@pytest.mark.parametrize("name", FLOAT16)
+def test_float16_export_kl(name, tmp_path_factory):
+    pkg = exported(name, "float16", tmp_path_factory)
+    check_weights(name, pkg)
+    prog = mil_interp.Program(pkg)
+    model = numpy_backend.load(TINY / name, mode="float32")
+    ref = model.forward(PROMPT)  # plain float32 NumPy backend
+    got = run(prog, PROMPT, 0)
+    lp, lq = log_softmax(ref), log_softmax(got)
+    kl = float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+    assert kl < 1e-4, kl
+    assert (np.argmax(ref, -1) == np.argmax(got, -1)).mean() >= 0.9
+
+
+def check_weights(name: str, pkg: Path) -> None:
+    """Every constexpr weight, decompressed by coremltools, equals MLX's dequantization of the
+    bundle tensor within the bound the export recorded."""
+    report = {r["op"]: r for r in json.loads((pkg.parent / "mlxedge.json").read_text())["weights"]}
+    config = json.loads((TINY / name / "config.json").read_text())
+    raw = read_raw(TINY / name)
+    prog, _ = mil_interp.load(pkg)
+    seen = 0
+    for op in prog.functions["main"].operations:
+        if op.op_type != "constexpr_blockwise_shift_scale":
+            continue
+        r = report[op.name]
+        prefix = r["name"].rsplit(".", 1)[0]
+        bits, group = quant_spec(config["quantization"], prefix)
+        ref = dequantize(raw[f"{prefix}.weight"], raw[f"{prefix}.scales"], raw[f"{prefix}.biases"], bits, group)
+        got = op.materialized_val_inference().astype(np.float32)  # coremltools' own decompression
+        err = float(np.abs(got - ref).max())
+        assert err <= r["bound"] and err <= r["max_abs_err"] * 1.001 + 1e-12, (op.name, err, r)
+        seen += 1
+    assert seen == sum(1 for r in report.values() if r["form"].startswith("shift_scale"))
+    assert seen > 0 or name.endswith(("f16", "f32"))
+
+
+def test_package_files_and_description(tmp_path_factory):
+    pkg = exported("gemma3_q4", "float32", tmp_path_factory)
+    info = json.loads((pkg.parent / "mlxedge.json").read_text())
+    assert (pkg.parent / "tokenizer.json").is_file() and (pkg.parent / "tokenizer_config.json").is_file()
+    assert info["context"] == CONTEXT and [i["name"] for i in info["inputs"]] == ["input_ids", "position_offset"]
+    spec = mil_interp.load(pkg)[1]
+    assert [i.name for i in spec.description.input] == ["input_ids", "position_offset"]
+    assert len(spec.description.state) == len(info["states"]) == 2 * json.loads((TINY / "gemma3_q4" / "config.json").read_text())["num_hidden_layers"]
+    assert spec.specificationVersion >= 9  # iOS 18 / macOS 15
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlxedge.cli", "export", *args], capture_output=True, text=True)
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path):
+    out = tmp_path / "m.mlpackage"
+    r = _cli(str(TINY / "llama_q4_bf16"), "-o", str(out), "--context", "100000")
+    assert r.returncode == 1 and "--context 100000" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bundle"
+    bad.mkdir()
+    for f in (TINY / "llama_q4_bf16").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["quantization"]["mode"] = "mxfp4"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = _cli(str(bad), "-o", str(out))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # nothing half-written
+    out.mkdir()
+    r = _cli(str(TINY / "llama_q4_bf16"), "-o", str(out), "--context", "16")
+    assert r.returncode == 1 and "exists" in r.stderr and not any(out.iterdir())
+    with pytest.raises(MlxEdgeError, match="unsupported model_type"):
+        from mlxedge.coreml.builder import family
+        family({"model_type": "gpt2"})
