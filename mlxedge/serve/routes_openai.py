@@ -79,7 +79,8 @@ def sampling_fields(body: dict) -> dict:
             "top_k": get(body, "top_k", "int", None, lo=0),
             "min_p": get(body, "min_p", "number", None, lo=0, hi=1),
             "repetition_penalty": get(body, "repetition_penalty", "number", None, lo=0),
-            "seed": get(body, "seed", "int", None)}
+            "seed": get(body, "seed", "int", None),
+            "ignore_eos": get(body, "ignore_eos", "bool", False)}  # vLLM's and llama.cpp's extension
 
 
 def usage(job) -> dict:
@@ -148,7 +149,7 @@ async def _complete(request: Request, chat: bool):
     params = svc.sampling(entry, temp=f["temp"], top_p=f["top_p"], top_k=f["top_k"], min_p=f["min_p"],
                           repetition_penalty=f["repetition_penalty"], seed=f["seed"])
     max_tokens = svc.limits(entry, ids, f["max_tokens"])
-    job = svc.submit(entry, ids, params, max_tokens, f["stop"])
+    job = svc.submit(entry, ids, params, max_tokens, f["stop"], f["ignore_eos"])
     meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
             "model": entry.name, "system_fingerprint": f"mlxedge-{entry.model.backend}"}
     if f["stream"]:

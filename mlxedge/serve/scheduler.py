@@ -36,6 +36,7 @@ class Job:
     max_tokens: int
     stop: tuple[str, ...] = ()
     deadline: float | None = None  # time.monotonic() after which the job ends ("timeout")
+    ignore_eos: bool = False  # generate through EOS (benchmarks: a fixed number of tokens)
     loop: asyncio.AbstractEventLoop | None = None
     queue: asyncio.Queue | None = None
     on_event: Callable[[tuple], None] | None = None  # instead of loop/queue (tests, benchmarks)
@@ -185,7 +186,7 @@ class Scheduler:
         job.tokens.append(token)
         if len(job.tokens) == 1:
             job.first_token = time.perf_counter()
-        if token in self.eos:
+        if token in self.eos and not job.ignore_eos:
             return self._finish(seq, "eos")
         self._text(job, seq.stops.feed(seq.detok.add(token)))
         if seq.stops.stopped:

@@ -100,12 +100,12 @@ class Service:
         return max(1, max_tokens)
 
     def submit(self, entry: Loaded, ids: list[int], params: SamplingParams, max_tokens: int,
-               stop: tuple[str, ...]) -> Job:
+               stop: tuple[str, ...], ignore_eos: bool = False) -> Job:
         if self.shutting_down:
             raise ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
         loop = asyncio.get_running_loop()
         job = Job(list(ids), params, max_tokens, stop, deadline=time.monotonic() + self.settings.timeout,
-                  loop=loop, queue=asyncio.Queue())
+                  loop=loop, queue=asyncio.Queue(), ignore_eos=ignore_eos)
         try:
             entry.scheduler.submit(job)
         except QueueFull:
