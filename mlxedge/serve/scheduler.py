@@ -90,19 +90,21 @@ class Scheduler:
         self.cond = threading.Condition()
         self.closing = False
         self.steps = 0
+        self.peak_batch = 0  # the most sequences one decode step has run
         self.thread = threading.Thread(target=self._run, name="mlxedge-scheduler", daemon=True)
         self.thread.start()
 
     # -- called from the server's threads ----------------------------------------------------------
-    def submit(self, job: Job) -> Job:
+    def submit(self, *jobs: Job) -> Job:
+        """Queue jobs (several at once: admitted together); QueueFull beyond `max_queue`."""
         with self.cond:
             if self.closing:
                 raise MlxEdgeError("the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) + len(jobs) > self.max_queue:
                 raise QueueFull()
-            self.waiting.append(job)
+            self.waiting.extend(jobs)
             self.cond.notify()
-        return job
+        return jobs[-1]
 
     @property
     def queue_depth(self) -> int:
@@ -175,6 +177,7 @@ class Scheduler:
         for seq, row in zip(live, logits):
             self._accept(seq, seq.sampler(row, seq.seen))
         self.steps += 1
+        self.peak_batch = max(self.peak_batch, len(live))
         if self.on_step is not None:
             self.on_step(self, time.perf_counter() - t0, len(live))
 
