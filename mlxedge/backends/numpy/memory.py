@@ -1,12 +1,13 @@
 """Which weight mode fits: memory each mode needs against memory this process can still get.
 
-need(mode) = mapped + weights(mode) + work, in bytes, from the safetensors headers and config:
-- mapped: the bundle's files, memory-mapped (they count in the address space, and their pages are
-  touched: once at load for float32/float16, on every token for lean);
-- weights: float32 4·P + 8·L, float16 2·P + 8·L + S, lean Q + S, where P is the parameters of
-  all matrices (a packed weight counted unpacked), L the largest matrix outside the embedding (the
-  transient of fusing q/k/v or gate/up, and of converting one matrix), Q the bytes of the packed
-  matrices (lean re-lays them column-major: a copy of the same size), S the scratch (lean.py);
+need(mode) = M + weights(mode) + work, in bytes, from the safetensors headers and config:
+- M: the largest tensor's stored bytes (with its scales/biases): tensors are memory-mapped one at
+  a time while they are converted (weights.tensor_loaders);
+- weights: float32 4·P + 8·L, float16 2·P + 8·L + S, lean Q + F + S, where P is the parameters
+  of all matrices (a packed weight counted unpacked), L the largest matrix outside the embedding
+  (the transient of fusing q/k/v or gate/up, and of converting one matrix), Q the stored bytes of
+  the packed matrices (lean re-lays them column-major: a copy of the same size), F those of float
+  matrices (lean keeps them mapped as stored), S the scratch (lean.py);
 - work: the KV cache for CONTEXT tokens, attention scores (layers.SCORES_LIMIT), prefill
   activations for PREFILL tokens, and the tokenizer (~TOKENIZER_FACTOR x tokenizer.json: Gemma 3's
   33 MB file takes 354 MB of address space once loaded).
@@ -58,25 +59,28 @@ def estimate(directory: str | Path, config: dict) -> Estimate:
     files = bundle_files(directory)
     quant = config.get("quantization") or {}
     tensors = {k: t for f in files for k, t in safetensors.scan(f).items()}
-    params, largest, scratch, packed = 0, 0, 0, 0
+    params, largest, scratch, packed, floats, mapped = 0, 0, 0, 0, 0, 0
     for name, t in tensors.items():
         if not name.endswith(".weight") or len(t.shape) != 2:
             continue
         prefix = name[: -len(".weight")]
         bits = quant_spec(quant, prefix)[0] if f"{prefix}.scales" in tensors else None
+        stored = sum(tensors[f"{prefix}.{p}"].nbytes for p in ("weight", "scales", "biases")
+                     if f"{prefix}.{p}" in tensors)
+        mapped = max(mapped, stored)
         if bits:
-            packed += sum(tensors[f"{prefix}.{p}"].nbytes for p in ("weight", "scales", "biases")
-                          if f"{prefix}.{p}" in tensors)
+            packed += stored
+        else:
+            floats += stored
         rows, cols = t.shape[0], t.shape[1] * 32 // bits if bits else t.shape[1]
         params += rows * cols
         if "embed" not in prefix and prefix != "lm_head":
             largest = max(largest, rows * cols)
         scratch = max(scratch, scratch_bytes(cols, bits))
-    mapped = sum(f.stat().st_size for f in files)
     tok = Path(directory) / "tokenizer.json"
     work = _work(config) + (TOKENIZER_FACTOR * tok.stat().st_size if tok.exists() else 0)
     weights = {"float32": 4 * params + 8 * largest, "float16": 2 * params + 8 * largest + scratch,
-               "lean": packed + scratch}
+               "lean": packed + floats + scratch}
     available, source = available_memory()
     return Estimate({m: mapped + weights[m] + work for m in MODES}, available, source)
 

@@ -16,7 +16,10 @@ Modes (`memory.py` picks one from what fits):
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -112,7 +115,7 @@ class Weights:
     def __init__(self, directory: str | Path, config: dict, mode: str = "float32"):
         if mode not in MODES:
             raise MlxEdgeError(f"unknown weight mode {mode!r}; choose from {', '.join(MODES)}")
-        self.raw = read_raw(directory)
+        self.raw = tensor_loaders(directory)
         self.quant = config.get("quantization") or {}
         self.mode = mode
         self.scratch = Scratch()
@@ -126,19 +129,19 @@ class Weights:
         if name not in self.raw:
             raise MlxEdgeError(f"bundle is missing tensor {name}")
         self.used.add(name)
-        return np.array(as_float32(self.raw[name]), dtype=np.float32)
+        return np.array(as_float32(self.raw[name]()), dtype=np.float32)
 
     def _source(self, prefix: str):
         """PackedAffine or PackedFloat over `prefix.weight` as stored."""
         name = f"{prefix}.weight"
         if name not in self.raw:
             raise MlxEdgeError(f"bundle is missing tensor {name}")
-        w = self.raw[name]
+        w = self.raw[name]()
         self.used.add(name)
         if f"{prefix}.scales" in self.raw:
-            scales, biases = self.raw[f"{prefix}.scales"], self.raw.get(f"{prefix}.biases")
-            if biases is None:
+            if f"{prefix}.biases" not in self.raw:
                 raise MlxEdgeError(f"{prefix} has scales but no biases (only affine quantization is supported)")
+            scales, biases = self.raw[f"{prefix}.scales"](), self.raw[f"{prefix}.biases"]()
             self.used.update({f"{prefix}.scales", f"{prefix}.biases"})
             bits, group_size = quant_spec(self.quant, prefix)
             if w.shape[-1] * 32 // bits != scales.shape[-1] * group_size:
@@ -203,3 +206,24 @@ def read_raw(directory: str | Path) -> dict[str, np.ndarray]:
     for f in bundle_files(directory):
         raw.update({k: t.load().view(np.ndarray) for k, t in safetensors.scan(f).items()})  # plain views: cheaper slicing
     return raw
+
+
+def tensor_loaders(directory: str | Path) -> dict[str, Callable[[], np.ndarray]]:
+    """name -> a loader that memory-maps that tensor alone, as stored (bfloat16 as uint16 bits).
+
+    One mapping per tensor: a tensor converted at load is unmapped when its array goes, so the
+    address space holds one source tensor at a time, not the whole bundle."""
+    raw: dict[str, Callable[[], np.ndarray]] = {}
+    for f in bundle_files(directory):
+        n, header = safetensors.read_header(f)
+        for name, info in header.items():
+            if name != "__metadata__":
+                raw[name] = partial(_map, f, 8 + n + info["data_offsets"][0],
+                                    safetensors.DTYPES[info["dtype"]], tuple(info["shape"]))
+    return raw
+
+
+def _map(path: Path, offset: int, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if math.prod(shape) == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape).view(np.ndarray)  # plain: cheap slices
