@@ -281,3 +281,12 @@ def test_chat_takes_a_name_and_its_system_prompt(home, tiny):
     named = stats("--model", "tiny:chat")
     assert named == stats("--model", "tiny:q4", "--system", "be brief", "-m", "2")
     assert named[1] == "2" and named != stats("--model", "tiny:q4", "-m", "2")
+
+
+def test_mlx_lm_reads_a_materialized_model(home, tiny):
+    pytest.importorskip("mlx.core")
+    load_model = pytest.importorskip("mlx_lm.utils").load_model
+    directory = store.resolve("tiny:q4")
+    model, config = load_model(directory)
+    assert config["model_type"] == "llama" and all((directory / f).samefile(layout.blob_path(d["digest"]))
+                                                   for f, d in tiny["files"].items())

@@ -190,7 +190,8 @@ def _rename(base: dict, name: str, extra: dict | None) -> dict:
     with layout.lock("store", shared=True):
         if not all(layout.blob_path(f["digest"]).is_file() for f in base["files"].values()):
             raise MlxEdgeError(f"{base['name']}'s blobs went missing meanwhile; pull again")  # an rm in between
-        m = {**base, "name": name, "modified": audit.now(), "parameters": {}, "system": None, "template": None}
+        m = {**base, "name": name, "modified": audit.now(), "parameters": {}, "system": None, "template": None,
+             "from": None}
         m.update(extra or {})
         m["id"] = model_id(m)
         existing = layout.read_manifest(*names.parse(name))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import MlxEdgeError
+from ..progress import progress
 from . import audit, catalogue, layout, modelfile, names
 from .lookup import check_blob, get
 from .importer import commit, model_id, pull
@@ -126,6 +127,8 @@ def verify(name: str | None = None) -> list[dict]:
     """Re-hash every blob of `name` (all names when None); one row per blob missing or changed."""
     selected = [(name and names.canonical(name), get(name))] if name else list(layout.manifests())
     problems, seen = [], {}
+    total = sum(f["size"] for _, m in selected for f in m["files"].values())
+    bar = progress(None, desc="verifying", unit="B", total=total)
     for n, m in selected:
         wanted = [(fname, f["digest"], f["size"]) for fname, f in m["files"].items()]
         if m.get("source", {}).get("blob"):
@@ -133,9 +136,11 @@ def verify(name: str | None = None) -> list[dict]:
         for fname, digest, size in wanted:
             if digest not in seen:
                 seen[digest] = check_blob(digest, size, rehash=True)
+                bar.update(size or 0)
             if seen[digest]:
                 problems.append({"model": m["name"], "file": fname, "blob": f"sha256-{digest}",
                                  "problem": seen[digest]})
+    bar.close()
     audit.record("verify", model=names.canonical(name) if name else None,
                  outcome="ok" if not problems else "damaged", blobs=len(seen), problems=len(problems))
     return problems
