@@ -104,3 +104,19 @@ def test_safetensors_tensor_name_with_a_newline(tmp_path):
     with pytest.raises(MlxEdgeError) as e:
         inspect(bundle)
     assert "\n" not in str(e.value) and "tensor \\n is described by NoneType" in str(e.value)
+
+
+@pytest.mark.parametrize("part", ["scales", "biases"])
+def test_quantized_module_with_misshapen_scales_or_biases(part, tmp_path):
+    """Found by the long campaign: 1-D scales were an IndexError in convert, 1-D biases a broadcast
+    ValueError in the NumPy backend; both are refused by the reader, before anything is written."""
+    bundle = damage.intact_bundle(BUNDLE, tmp_path)
+
+    def edit(header, size):
+        entry = header[f"model.layers.0.mlp.up_proj.{part}"]
+        n = entry["data_offsets"][1] - entry["data_offsets"][0]
+        entry["shape"] = [n // 2]  # the same bytes, one dimension
+    damage._rewrite_header(bundle / "model.safetensors", edit)
+    with pytest.raises(MlxEdgeError, match=f"up_proj.{part} is .* expected a float tensor of shape"):
+        convert(bundle, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()

@@ -82,19 +82,15 @@ def read_hf(path: str | Path, compare_head: bool = True) -> Source:
         raise MlxEdgeError(f"{root}: tensors have scales but config.json has no \"quantization\"")
     members = {f"{p}.{s}" for p in quantized for s in ("scales", "biases")}
     names = sorted((k for k in raw if k not in members), key=archs.sort_key)
+    _check_stored(root, raw, names, quantized, qcfg)
 
     def make(name: str) -> SourceTensor:
         r = raw[name]
         prefix = name[: -len(".weight")] if name.endswith(".weight") else None
         if prefix in quantized:
-            if f"{prefix}.biases" not in raw:
-                raise MlxEdgeError(f"{prefix} has scales but no biases (only affine quantization is supported)")
             bits, group = quant_spec(qcfg, prefix)
             s, b = raw[f"{prefix}.scales"], raw[f"{prefix}.biases"]
             shape = (r.shape[0], r.shape[1] * 32 // bits)
-            if shape[1] != s.shape[1] * group:
-                raise MlxEdgeError(f"{prefix}: weight {r.shape} and scales {s.shape} do not match "
-                                   f"{bits}-bit quantization with group size {group}")
 
             def exact() -> affine.Affine:
                 # scales/biases keep their stored type (BF16 as uint16 bits): `keep` copies them as is
@@ -106,8 +102,6 @@ def read_hf(path: str | Path, compare_head: bool = True) -> Source:
 
             return SourceTensor(name, shape, f"affine{bits}g{group}", dense, exact,
                                 r.nbytes + s.nbytes + b.nbytes)
-        if r.dtype not in FLOAT_NAMES:
-            raise MlxEdgeError(f"{name}: unexpected {r.dtype} tensor in a float checkpoint")
         return SourceTensor(name, r.shape, r.dtype, r.float32, None, r.nbytes)
 
     archs.check(config, {n: _logical_shape(n, raw, qcfg) for n in names}, str(root))
@@ -132,6 +126,31 @@ def read_hf(path: str | Path, compare_head: bool = True) -> Source:
     return Source(path=root, format="bundle" if is_bundle else "hf", config=config, tensors=tensors,
                   tokenizer_files=tokenizer_files, generation_config=generation, info=info,
                   float_dtype=_float_dtype(config, raw, arch))
+
+
+def _check_stored(root: Path, raw: dict[str, Tensor], names: list[str], quantized: set[str], qcfg) -> None:
+    """Before anything is read: float tensors are float, and each affine-quantized module is a 2-D
+    uint32 weight with float scales and biases of shape (rows, columns / group_size)."""
+    for name in names:
+        r, prefix = raw[name], name[: -len(".weight")]
+        if name.endswith(".weight") and prefix in quantized:
+            s, b = raw[f"{prefix}.scales"], raw.get(f"{prefix}.biases")
+            if b is None:
+                raise MlxEdgeError(f"{root}: {prefix} has scales but no biases (only affine quantization is supported)")
+            bits, group = quant_spec(qcfg, prefix)
+            cols = r.shape[1] * 32 // bits if len(r.shape) == 2 else 0
+            want = (r.shape[0], cols // group) if cols and cols % group == 0 else None
+            if r.dtype != "U32" or want is None or r.shape[1] * 32 % bits:
+                raise MlxEdgeError(f"{root}: {name} is {r.dtype} {list(r.shape)}, expected a 2-D U32 weight "
+                                   f"packing {bits}-bit values in groups of {group}")
+            for t, part in ((s, "scales"), (b, "biases")):
+                if t.dtype not in FLOAT_NAMES or tuple(t.shape) != want:
+                    raise MlxEdgeError(f"{root}: {prefix}.{part} is {t.dtype} {list(t.shape)}, expected a float "
+                                       f"tensor of shape {list(want)} for weight {list(r.shape)} at {bits} bits, "
+                                       f"group size {group}")
+        elif r.dtype not in FLOAT_NAMES:
+            raise MlxEdgeError(f"{root}: {name} is an unexpected {r.dtype} tensor (float tensors or affine-quantized "
+                               f"weights only)")
 
 
 def _logical_shape(name: str, raw: dict[str, Tensor], qcfg: dict | None) -> tuple:
