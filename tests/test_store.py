@@ -192,6 +192,11 @@ def test_a_non_model_source_leaves_nothing(home, tmp_path, content):
 def test_cli_commands_end_to_end(home):
     r = run_cli(home, "pull", str(GGUF / "qwen3-q8_0.gguf"), "--as", "qwen3:tiny", "--quiet")
     assert r.returncode == 0 and r.stdout == "", r.stderr
+    r = run_cli(home, "pull", str(GGUF / "qwen3-q8_0.gguf"), "--as", "hf.co/org/qwen3:f16", "--quant", "f16")
+    assert r.returncode == 0 and r.stdout.startswith("hf.co/org/qwen3:f16 "), r.stderr
+    assert json.loads(run_cli(home, "show", "hf.co/org/qwen3:f16", "--json").stdout)["quantization"] == "f16"
+    assert run_cli(home, "rm", "hf.co/org/qwen3:f16").returncode == 0
+    assert not (home / "manifests" / "hf.co").exists()  # a namespaced name's folders go with it
     assert run_cli(home, "cp", "qwen3:tiny", "qwen3:copy").returncode == 0
     listed = run_cli(home, "list").stdout.splitlines()
     assert listed[0].split() == ["NAME", "ID", "SIZE", "QUANTIZATION", "BITS/WEIGHT", "MODIFIED"]

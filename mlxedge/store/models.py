@@ -55,8 +55,11 @@ def rm(name: str) -> list[str]:
     with layout.lock("store"):
         before = {p.name for p in (layout.home() / "blobs").glob("*")}
         layout.manifest_path(n, tag).unlink()
-        with contextlib.suppress(OSError):
-            layout.manifest_path(n, tag).parent.rmdir()  # the name's folder, when no tag is left
+        folder = layout.manifest_path(n, tag).parent
+        with contextlib.suppress(OSError):  # the name's folders, when no tag is left
+            while folder != layout.home() / "manifests":
+                folder.rmdir()
+                folder = folder.parent
         layout.hook("rm:unlinked")
         layout._collect_unlocked({"blobs": 0, "tmp": 0, "models": 0})
         gone = sorted(before - {p.name for p in (layout.home() / "blobs").glob("*")})
