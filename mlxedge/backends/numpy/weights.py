@@ -10,8 +10,9 @@ Modes (`memory.py` picks one from what fits):
   per parameter (SmolLM2-135M: ~540 MB), the fastest.
 - float16: dequantize once into float16 (out, in), widened per call in blocks (lean.py): 2 bytes
   per parameter.
-- lean: keep the memory-mapped packed arrays, unpacked per call (lean.py): memory near the
-  bundle's size. Speeds of the three: docs/benchmarks.md.
+- lean: keep the packed arrays (re-laid column-major, same size; float matrices stay mapped as
+  stored), unpacked per call (lean.py): memory near the bundle's size.
+Speeds of the three: docs/benchmarks.md. Tensors are memory-mapped one at a time (`tensor_loaders`).
 """
 
 from __future__ import annotations
