@@ -295,3 +295,22 @@ def test_mlx_lm_reads_a_materialized_model(home, tiny):
     model, config = load_model(directory)
     assert config["model_type"] == "llama" and all((directory / f).samefile(layout.blob_path(d["digest"]))
                                                    for f, d in tiny["files"].items())
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: "not json{", lambda m: json.dumps([1, 2]), lambda m: json.dumps({**m, "files": {}}),
+    lambda m: json.dumps({**m, "files": {"../escape": next(iter(m["files"].values()))}}),
+    lambda m: json.dumps({**m, "files": {"config.json": {"digest": "../../etc/passwd", "size": 1}}}),
+    lambda m: json.dumps({**m, "source": {**m["source"], "blob": "/etc/passwd"}})])
+def test_a_damaged_manifest_is_refused_and_removable(home, tiny, damage):
+    store.cp("tiny:q4", "tiny:keep")
+    path = layout.manifest_path("tiny", "q4")
+    path.write_text(damage(tiny))
+    with pytest.raises(MlxEdgeError, match="not a valid manifest|unreadable"):
+        mlxedge.load("tiny:q4")
+    r = run_cli(home, "list")
+    assert r.returncode == 0 and "tiny:keep" in r.stdout and "tiny:q4" not in r.stdout
+    assert "skipping unreadable manifest" in r.stderr
+    assert re.search("not a valid manifest|unreadable", one_line_error(run_cli(home, "show", "tiny:q4"), "show"))
+    assert run_cli(home, "rm", "tiny:q4").returncode == 0
+    assert [r["name"] for r in store.list_models()] == ["tiny:keep"] and store.verify() == []

@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -173,9 +174,26 @@ def manifest_path(name: str, tag: str) -> Path:
     return home() / "manifests" / name / f"{tag}.json"
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest(m, where: str) -> dict:
+    """The fields the store relies on, with blob digests and file names that stay inside the store."""
+    ok = isinstance(m, dict) and isinstance(m.get("files"), dict) and isinstance(m.get("id"), str) \
+        and isinstance(m.get("source"), dict) and isinstance(m.get("parameters", {}), dict) and m["files"]
+    for fname, f in (m.get("files") or {}).items() if ok else ():
+        ok = ok and isinstance(f, dict) and isinstance(f.get("digest"), str) and bool(_HEX64.fullmatch(f["digest"])) \
+            and isinstance(f.get("size"), int) and fname not in (".", "..") and not re.search(r"[/\\\0]", fname)
+    blob = m.get("source", {}).get("blob") if ok else None
+    if not ok or (blob is not None and not (isinstance(blob, str) and _HEX64.fullmatch(blob))):
+        raise MlxEdgeError(f"{where} is not a valid manifest (remove it, or `mlxedge rm` the name)")
+    return m
+
+
 def read_manifest(name: str, tag: str) -> dict | None:
+    path = manifest_path(name, tag)
     try:
-        return json.loads(manifest_path(name, tag).read_text())
+        return check_manifest(json.loads(path.read_text()), str(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -189,8 +207,8 @@ def manifests() -> Iterator[tuple[str, dict]]:
         if path.name.startswith("."):
             continue
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            data = check_manifest(json.loads(path.read_text()), str(path))
+        except (OSError, ValueError, MlxEdgeError):
             print(f"warning: skipping unreadable manifest {path}", file=sys.stderr)
             continue
         yield f"{path.parent.relative_to(root).as_posix()}:{path.stem}", data

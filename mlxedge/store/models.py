@@ -50,8 +50,13 @@ def show_modelfile(name: str) -> str:
 
 def rm(name: str) -> list[str]:
     """Remove `name`; its blobs go only when no other manifest uses them. Returns the removed digests."""
-    m = get(name)
     n, tag = names.parse(name)
+    try:
+        m = get(name)
+    except MlxEdgeError:
+        if not layout.manifest_path(n, tag).is_file():
+            raise
+        m = {"name": f"{n}:{tag}", "id": ""}  # an invalid manifest can still be removed
     with layout.lock("store"):
         before = {p.name for p in (layout.home() / "blobs").glob("*")}
         layout.manifest_path(n, tag).unlink()
@@ -63,7 +68,8 @@ def rm(name: str) -> list[str]:
         layout.hook("rm:unlinked")
         layout._collect_unlocked({"blobs": 0, "tmp": 0, "models": 0})
         gone = sorted(before - {p.name for p in (layout.home() / "blobs").glob("*")})
-    audit.record("rm", model=m["name"], id=m["id"][:12], blobs_removed=len(gone))
+    audit.record("rm", model=m["name"], id=m["id"][:12], sha256=m.get("source", {}).get("sha256"),
+                 blobs_removed=len(gone))
     return gone
 
 
@@ -74,7 +80,7 @@ def cp(src: str, dst: str) -> dict:
     with layout.lock("store", shared=True):
         m = {**get(src), "name": dst, "modified": audit.now()}
         commit(m)
-    audit.record("cp", model=dst, id=m["id"][:12], source=get(src)["name"])
+    audit.record("cp", model=dst, id=m["id"][:12], source=get(src)["name"], sha256=m["source"].get("sha256"))
     return m
 
 
@@ -90,7 +96,7 @@ def create(name: str, text: str, base_dir: Path | None = None, quiet: bool = Tru
         if isinstance(e, OSError):
             raise MlxEdgeError(f"cannot write the store {layout.home()}: {e.strerror or e}") from None
         raise
-    audit.record("create", model=name, id=m["id"][:12], source=src)
+    audit.record("create", model=name, id=m["id"][:12], source=src, sha256=m["source"].get("sha256"))
     return m
 
 
