@@ -12,8 +12,8 @@ addend GGML itself adds after the same exact product (Q4_1, Q5_1, Q4_K, Q5_K: on
 Either way MLX's dequantize gives the same float32 result whether it fuses into an FMA or not.
 
 Types MLX cannot express exactly (16-value sub-blocks: Q2_K, Q3_K, Q6_K; non-uniform grids: IQ*,
-MXFP4, ...) give None from `repack`; the caller dequantizes and requantizes them
-(`quant.recipes.FALLBACK`).
+MXFP4, ...) give None from `repack`; the caller dequantizes and requantizes them (the smallest
+form within `quant.lowbit`'s criterion, or `quant.recipes.FALLBACK` with `--exact`).
 """
 
 from __future__ import annotations

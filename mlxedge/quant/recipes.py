@@ -45,9 +45,9 @@ class Recipe:
         return self.rule(name, shape, src_type)
 
 KEEP = Target("keep")
-# Fallback for source types MLX cannot express exactly (Q2_K, Q3_K, Q6_K, IQ*): 8-bit group 32 is
-# the cheapest MLX form whose error is far below the source's own quantization step (measured per
-# tensor and recorded in mlxedge.json).
+# Fallback for source types MLX cannot express exactly (Q2_K, Q3_K, Q6_K, IQ*) under `--exact`, and
+# for the IQ types quant/lowbit.py has no grid for: 8-bit group 32, the finest MLX form (error
+# recorded per tensor in mlxedge.json). By default `keep` takes lowbit's smallest form instead.
 FALLBACK = Target("affine", "float16", 8, 32)
 
 
