@@ -165,3 +165,14 @@ def test_gemma3_from_its_four_installed_packages(home):
     m = store.pull("gemma3:270m-q4_k_m", quiet=True)
     assert m["source"]["sha256"] == entry.sha256 and m["info"]["architecture"] == "gemma3_text"
     assert store.verify() == []
+
+
+def test_hf_hub_unreachable_falls_back_on_the_cache(home, tmp_path):
+    """Not offline, but the Hub cannot be reached (a local port nobody listens on): the cache serves."""
+    hf_cache(tmp_path / "hf", "tinyorg/Tiny-GGUF", {"tiny-Q4_0.gguf": TINY.read_bytes()})
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0",
+           "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    r = run_cli(home, "pull", "hf.co/tinyorg/Tiny-GGUF:Q4_0", "--quiet", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = one_line_error(run_cli(home, "pull", "hf.co/other/Missing-GGUF:Q4_0", env=env, timeout=120), "pull")
+    assert "is unreachable" in line and "needs the network" in line

@@ -1,14 +1,17 @@
 """`hf.co/OWNER/REPO[:QUANT]`: one GGUF from a Hugging Face Hub repo, through huggingface_hub's cache.
 
-Online, the repo's file list picks the file and `hf_hub_download` fetches it (resumable, its own
-cache). Offline (HF_HUB_OFFLINE=1, or the Hub unreachable) the cached snapshot is used as is.
+A cached snapshot with the file is used as is (offline first); otherwise the repo's file list picks
+the file and `hf_hub_download` fetches it (resumable, its own cache). HF_HUB_OFFLINE=1 or an
+unreachable Hub: one line saying the pull needs the network.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import huggingface_hub  # lazy: its submodules load on first use
 
@@ -49,34 +52,55 @@ def pick(names: list[str], quant: str | None, repo: str) -> str:
 
 
 def locate(repo: str, quant: str | None) -> tuple[Path, str | None]:
-    """(path of the GGUF in the Hub cache, its sha256 when the cache names the blob by it)."""
-    cache = hub_cache()
-    path = None
-    if not offline():
+    """(path of the GGUF in the Hub cache, its sha256 when the cache names the blob by it). The cache
+    first (offline first); the Hub only for what the cache lacks."""
+    path = _cached(repo, quant)
+    if path is None:
+        if offline():
+            raise MlxEdgeError(f"hf.co/{repo} is not in the Hugging Face cache {hub_cache()} and HF_HUB_OFFLINE "
+                               f"is set; pulling it needs the network")
+        endpoint = os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
+        if not _reachable(endpoint):  # one line now, not huggingface_hub's retries with backoff
+            raise MlxEdgeError(f"hf.co/{repo} is not in the Hugging Face cache {hub_cache()} and the Hub "
+                               f"({endpoint}) is unreachable; pulling it needs the network")
+        huggingface_hub.utils.logging.set_verbosity_error()
         try:
             names = huggingface_hub.list_repo_files(repo)
+            path = Path(huggingface_hub.hf_hub_download(repo, pick(names, quant, repo), cache_dir=hub_cache()))
         except huggingface_hub.errors.RepositoryNotFoundError:
             raise MlxEdgeError(f"hf.co/{repo}: no such repository (or it is private)") from None
-        except Exception as e:  # no network: fall back on the cache below
-            names, network_error = None, e
-        if names is not None:
-            try:
-                path = Path(huggingface_hub.hf_hub_download(repo, pick(names, quant, repo), cache_dir=cache))
-            except MlxEdgeError:
-                raise
-            except Exception as e:
-                raise MlxEdgeError(f"hf.co/{repo}: download failed: {_line(e)}") from None
-    if path is None:
-        try:
-            snap = Path(huggingface_hub.snapshot_download(repo, cache_dir=cache, local_files_only=True))
-        except Exception:
-            why = "HF_HUB_OFFLINE is set" if offline() else f"the Hub is unreachable ({_line(network_error)})"
-            raise MlxEdgeError(f"hf.co/{repo} is not in the Hugging Face cache {cache} and {why}; "
-                               f"pulling it needs the network") from None
-        names = [p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()]
-        path = snap / pick(names, quant, repo)
+        except MlxEdgeError:
+            raise
+        except Exception as e:
+            raise MlxEdgeError(f"hf.co/{repo}: download failed: {_line(e)}") from None
     blob = Path(os.path.realpath(path)).name
     return path, blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None
+
+
+def _cached(repo: str, quant: str | None) -> Path | None:
+    """The GGUF from the cached snapshot; None when not cached (or, online, when it has no match)."""
+    try:
+        snap = Path(huggingface_hub.snapshot_download(repo, cache_dir=hub_cache(), local_files_only=True))
+    except Exception:
+        return None
+    names = [p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()]
+    try:
+        return snap / pick(names, quant, repo)
+    except MlxEdgeError:
+        if offline():
+            raise
+        return None
+
+
+def _reachable(endpoint: str) -> bool:
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # through a proxy: let the client try
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+        return True
+    except OSError:
+        return False
 
 
 def _line(e: Exception) -> str:
