@@ -120,3 +120,14 @@ def test_quantized_module_with_misshapen_scales_or_biases(part, tmp_path):
     with pytest.raises(MlxEdgeError, match=f"up_proj.{part} is .* expected a float tensor of shape"):
         convert(bundle, tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_gguf_arrays_nested_past_the_stack(tmp_path):
+    """Arrays of arrays 100 000 deep (12 bytes a level) would have been a RecursionError."""
+    head = bytearray(b"GGUF" + struct.pack("<IQQ", 3, 0, 1))
+    head += struct.pack("<Q", 4) + b"deep" + struct.pack("<I", 9)
+    head += struct.pack("<IQ", 9, 1) * 100_000
+    bad = tmp_path / "deep.gguf"
+    bad.write_bytes(bytes(head) + bytes(64))
+    with pytest.raises(MlxEdgeError, match="nests arrays more than 8 deep"):
+        read_header(bad)

@@ -31,6 +31,7 @@ from .gguf_meta import check as check_metadata
 # GGUF value types (gguf.GGUFValueType) -> struct format; 8 is a string, 9 an array.
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NESTING = 8  # arrays of arrays: no key mlxedge reads has any; deeper would exhaust the stack
 MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 MIN_TENSOR_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dimension, type, offset
 
@@ -108,7 +109,7 @@ class _Reader:
             raise MlxEdgeError(f"{self.path}: {what} is {out[:80]!r}, expected printable text")
         return out
 
-    def value(self, kind: int, key: str) -> Any:
+    def value(self, kind: int, key: str, depth: int = 0) -> Any:
         if kind == 8:
             return self.string(f"the value of {key}")
         if kind == 9:
@@ -121,8 +122,10 @@ class _Reader:
                 return out
             if item not in (8, 9):
                 raise MlxEdgeError(f"{self.path}: {key} is an array of unknown GGUF value type {item}")
+            if depth >= MAX_NESTING:
+                raise MlxEdgeError(f"{self.path}: {key} nests arrays more than {MAX_NESTING} deep")
             self.need(n * (8 if item == 8 else 12), f"{key} (an array of {n} items)")
-            return [self.value(item, f"{key}[{i}]") for i in range(n)]
+            return [self.value(item, f"{key}[{i}]", depth + 1) for i in range(n)]
         if kind not in _SCALAR:
             raise MlxEdgeError(f"{self.path}: {key} has unknown GGUF value type {kind} (expected 0..12)")
         (out,) = self.unpack(_SCALAR[kind])
