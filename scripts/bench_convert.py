@@ -8,6 +8,9 @@ For each real model (SmolLM2-135M Q4_1, Gemma 3 270M Q4_K_M) it measures wall ti
 - detour:   transformers' GGUF loader + `save_pretrained` (one row per transformers environment),
             then `mlx_lm.convert(hf, mlx, quantize=True)` (4-bit, group 64): summed time, max RSS;
 
+(`--models 7b`: the 7B-shaped file of scripts/make_7b_gguf.py, time, peak RSS and size only, of
+mlxedge and of gguf2mlx's `convert --quant-source preserve`, see `bench_7b`)
+
 and scores each bundle's perplexity on held-out text (`mlxedge.texts.evaluation_text()`, tokenized
 by the mlxedge bundle's tokenizer) with mlxedge's NumPy backend, against llama.cpp's perplexity of
 the GGUF on the same ids. A peer that fails is recorded with its error, not raised.
@@ -33,7 +36,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("smollm2", "gemma3")
+MODELS = ("smollm2", "gemma3", "7b")
+BIG = ROOT / "out" / "7b" / "deepseek-r1-distill-qwen-7b-q4_k_m-tiled.gguf"  # scripts/make_7b_gguf.py
+DEFAULT_GGUF2MLX = "/tmp/g2m/bin/gguf2mlx"
 RESULT = "@@bench-result "  # prefix of the one stdout line a worker reports on
 DEFAULT_HF_PYTHONS = ["/work/peerenv/bin/python", "/work/peerenv4/bin/python"]
 DEFAULT_ORACLE = "/work/oracle/bin/python"
@@ -267,8 +272,52 @@ def model_path(name: str) -> Path:
     return {"smollm2": assets.smollm2_gguf, "gemma3": assets.gemma3_gguf}[name]()
 
 
+def bench_7b(args: argparse.Namespace, work: Path) -> dict:
+    """The 7B-shaped file of scripts/make_7b_gguf.py (real DeepSeek-R1-Distill-Qwen-7B Q4_K_M
+    header, tiled weights): wall time, peak RSS and size of mlxedge (`keep` by default and with
+    --exact) and gguf2mlx (`convert --quant-source preserve`, its mode that keeps the GGUF's
+    quantization as `keep` does), one after the other on the same file. No perplexity: the
+    weights carry no meaning."""
+    gguf = args.gguf_7b
+    res: dict = {"model": "7b", "gguf": str(gguf), "load_average_start": os.getloadavg(), "rows": []}
+    if not gguf.exists():
+        res["error"] = f"{gguf} not found (scripts/make_7b_gguf.py writes it)"
+        return res
+    res["gguf_bytes"] = gguf.stat().st_size
+    runs = [(f"mlxedge convert {'--exact' if mode == 'exact' else '(keep)'}",
+             [sys.executable, "-m", "mlxedge", "convert", str(gguf), "-o", "{out}", "--quiet", "--force",
+              *(["--exact"] if mode == "exact" else [])], {"PYTHONPATH": str(ROOT)}) for mode in args.mlxedge_7b]
+    runs.append(("gguf2mlx convert --quant-source preserve",
+                 [args.gguf2mlx, "convert", "--input", str(gguf), "--output", "{out}", "--quant-source", "preserve"],
+                 {}))
+    for tool, cmd, env in runs:
+        out = work / "7b-out"
+        shutil.rmtree(out, ignore_errors=True)
+        if not Path(cmd[0]).exists():
+            res["rows"].append({"tool": tool, "rc": None, "error": f"{cmd[0]} not found"})
+            continue
+        r = run_measured([c.replace("{out}", str(out)) for c in cmd], env=env, timeout=args.timeout_7b)
+        row = {"tool": tool, **r}
+        if r["rc"] == 0:
+            row["out_bytes"] = dir_bytes(out)
+            row["size_vs_gguf"] = round(row["out_bytes"] / res["gguf_bytes"], 3)
+        res["rows"].append(row)
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"[7b] {tool}: {row.get('wall_s')} s, {row.get('peak_rss_mb')} MB, {row.get('error', 'ok')}",
+              file=sys.stderr)
+    base = res["rows"][0]
+    for row in res["rows"]:
+        if base.get("rc") == 0 and row.get("rc") == 0:
+            row["time_vs_mlxedge"] = round(row["wall_s"] / base["wall_s"], 2)
+            row["rss_vs_mlxedge"] = round(row["peak_rss_mb"] / base["peak_rss_mb"], 2)
+    res["load_average_end"] = os.getloadavg()
+    return res
+
+
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     """All tools on one model: timings, sizes, then perplexity of every bundle against llama.cpp's."""
+    if name == "7b":
+        return bench_7b(args, work)
     gguf = model_path(name)
     rows: list[dict] = []
     res: dict = {"model": name, "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size,
@@ -388,9 +437,10 @@ def table(results: list[dict]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for res in results:
         ref = res.get("llama_cpp", {})
-        lines.append(f"| {res['model']} | llama.cpp (GGUF, reference) | {'ok' if ref.get('rc') == 0 else 'failed'} "
-                     f"| | | | | | {fmt(ref.get('result', {}).get('ppl'), '.3f')} | 1.000 "
-                     f"| | {fmt(res.get('gguf_rope_freq_base'), 'g')} (GGUF) |")
+        if "llama_cpp" in res or res["model"] != "7b":
+            lines.append(f"| {res['model']} | llama.cpp (GGUF, reference) | {'ok' if ref.get('rc') == 0 else 'failed'} "
+                         f"| | | | | | {fmt(ref.get('result', {}).get('ppl'), '.3f')} | 1.000 "
+                         f"| | {fmt(res.get('gguf_rope_freq_base'), 'g')} (GGUF) |")
         for row in res["rows"]:
             status = "ok" if row.get("rc") == 0 else f"fails: {row.get('error', '')}"
             if row.get("hf_export", {}).get("result", {}).get("save_error"):
@@ -438,6 +488,11 @@ def main() -> int:
                    help="also score the first N tokens with mlx-lm itself, to check the NumPy backend's "
                         "numbers (slow on CPU: ~1 min per bundle for N=96)")
     p.add_argument("--keep", action="store_true", help="keep the converted outputs")
+    p.add_argument("--gguf-7b", type=Path, default=BIG, help="the 7B-shaped GGUF (scripts/make_7b_gguf.py)")
+    p.add_argument("--gguf2mlx", default=DEFAULT_GGUF2MLX, help="the gguf2mlx executable (pip install gguf2mlx)")
+    p.add_argument("--mlxedge-7b", nargs="+", choices=("keep", "exact"), default=["keep", "exact"],
+                   help="mlxedge rows on the 7B file: convert's default, and with --exact")
+    p.add_argument("--timeout-7b", type=float, default=1800, help="seconds per 7B conversion")
     p.add_argument("--json", type=Path, help="write all results here")
     p.add_argument("--table-from", type=Path, nargs="+", metavar="JSON",
                    help="print the table of earlier --json runs")
