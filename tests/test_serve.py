@@ -157,14 +157,18 @@ def test_ollama_info_routes(oll, server):
 
 
 def test_concurrent_requests_equal_sequential(oai, server):
-    def ask(i: int) -> str:
+    def ask(i: int) -> str:  # long enough (through EOS) that the 8 overlap in the scheduler
         return oai.chat.completions.create(model="llama_f32", messages=[{"role": "user", "content": PROMPTS[i]}],
-                                           max_tokens=LENGTHS[i], temperature=0).choices[0].message.content
+                                           max_tokens=LENGTHS[i] * 4, temperature=0,
+                                           extra_body={"ignore_eos": True}).choices[0].message.content
 
+    sched = server.service.registry.get(str(TINY)).scheduler
     one_by_one = [ask(i) for i in range(8)]
+    sched.peak_batch = 0
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(ask, range(8)))
     assert together == one_by_one
+    assert sched.peak_batch >= 4  # they were decoded together
 
 
 def test_errors_are_openai_objects(oai, server):

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import openai
 import pytest
 
 import mlxedge
 from mlxedge.backends import mlx as mlx_backend
 from mlxedge.backends.numpy import batch
 from mlxedge.sampling import SamplingParams
-from mlxedge.serve.batch import stepper_for
+from mlxedge.serve.batch import MlxBatchStepper, stepper_for
 from mlxedge.serve.scheduler import Job, Scheduler
-from serve_util import ROOT, TINY
+from serve_util import ROOT, TINY, Server
 
 PROMPTS = ["hi", "tell me a story", "abc", "1 2 3 4", "the quick brown fox", "x", "hello there", "why?"]
 
@@ -89,10 +91,21 @@ def test_unbatched_family_is_served_sequence_by_sequence():
 
 
 @pytest.mark.skipif(not mlx_backend.is_available(), reason="mlx not installed")
-def test_mlx_backend_jobs_together_equal_generate():
+def test_mlx_backend_batches_with_mlx_lm_and_equals_generate(tmp_path, monkeypatch):
     model = mlxedge.load(TINY, backend="mlx")
-    jobs, _ = together(model, [(p, n, {}) for p, n in zip(PROMPTS[:4], (4, 9, 6, 12))])
-    assert [j.text for j in jobs] == [model.generate(p, max_tokens=n) for p, n in zip(PROMPTS[:4], (4, 9, 6, 12))]
+    lengths = (4, 9, 6, 12)
+    want = [model.generate(p, max_tokens=n) for p, n in zip(PROMPTS[:4], lengths)]
+    jobs, sched = together(model, [(p, n, {}) for p, n in zip(PROMPTS[:4], lengths)])
+    assert isinstance(sched.stepper, MlxBatchStepper) and not sched.stepper.seqs  # all released
+    assert [j.text for j in jobs] == want
+    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path))
+    with Server("--model", str(TINY), "--backend", "mlx") as s:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="none", timeout=60, max_retries=0)
+        ask = lambda i: client.chat.completions.create(  # noqa: E731
+            model="llama_f32", messages=[{"role": "user", "content": PROMPTS[i]}],
+            max_tokens=lengths[i]).choices[0].message.content
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(ask, range(4))) == want
 
 
 def test_smollm2_batch_of_8_equals_one_at_a_time(smollm2_gguf):

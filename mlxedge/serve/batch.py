@@ -3,14 +3,20 @@
 `NumpyStepper` decodes the active sequences in one batched step (backends/numpy/batch.py) when the
 architecture allows; any other engine (MLX, NumPy families without a batched step) goes through
 `EngineStepper`, one `forward` per sequence per step: still served concurrently, not batched.
+The MLX backend uses mlx-lm's own `BatchGenerator` (`MlxBatchStepper`) where mlx-lm has it: it
+owns the caches and samples with mlx-lm's samplers; the scheduler keeps EOS, stop strings, lengths
+and the detokenizer, as for the others.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..backends.mlx import MlxEngine
 from ..backends.numpy import batch
 from ..backends.numpy.engine import NumpyEngine
 from ..engine import Engine
@@ -20,6 +26,7 @@ class EngineStepper:
     """Any `Engine`: prefill and decode through `engine.forward`, sequence by sequence."""
 
     batched = False
+    generates = False  # True: the stepper samples itself (admit / step / release)
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -49,5 +56,58 @@ class NumpyStepper(EngineStepper):
         return batch.decode_step(self.engine.model, tokens, caches)
 
 
-def stepper_for(engine: Engine) -> EngineStepper:
-    return NumpyStepper(engine) if isinstance(engine, NumpyEngine) else EngineStepper(engine)
+class MlxBatchStepper:
+    """mlx-lm's continuous batching (`mlx_lm.generate.BatchGenerator`) for the MLX backend."""
+
+    batched = True
+    generates = True
+
+    def __init__(self, engine: MlxEngine, max_batch: int = 16):
+        from mlx_lm.generate import BatchGenerator
+
+        self.engine = engine
+        # no stop tokens: EOS is the scheduler's (ignore_eos too); no length limit of its own
+        self.gen = BatchGenerator(engine.model, max_tokens=1 << 30, completion_batch_size=max_batch,
+                                  prefill_batch_size=min(8, max_batch))
+        self.seqs: dict[int, Any] = {}
+
+    def admit(self, seq) -> None:
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        p = seq.job.params
+        if p.seed is not None:
+            import mlx.core as mx
+
+            mx.random.seed(p.seed)  # mlx-lm samples from one global generator: seeds are not per request
+        sampler = make_sampler(temp=p.temp, top_p=p.top_p, min_p=p.min_p, min_tokens_to_keep=p.min_tokens_to_keep,
+                               top_k=p.top_k)
+        processors = make_logits_processors(repetition_penalty=p.repetition_penalty,
+                                            repetition_context_size=p.repetition_context_size)
+        [uid] = self.gen.insert([list(seq.job.ids)], max_tokens=[seq.job.max_tokens + 1], samplers=[sampler],
+                                logits_processors=[processors])
+        seq.uid = uid
+        self.seqs[uid] = seq
+
+    def step(self) -> list[tuple[Any, int]]:
+        """(sequence, sampled token) for every sequence that got one in this step."""
+        return [(self.seqs[r.uid], int(r.token)) for r in self.gen.next_generated() if r.uid in self.seqs]
+
+    def release(self, seq) -> None:
+        if self.seqs.pop(getattr(seq, "uid", -1), None) is not None:
+            self.gen.remove([seq.uid])
+
+    def close(self) -> None:
+        self.gen.close()
+
+
+def has_batch_generator() -> bool:
+    return importlib.util.find_spec("mlx_lm") is not None and \
+        hasattr(importlib.import_module("mlx_lm.generate"), "BatchGenerator")
+
+
+def stepper_for(engine: Engine, max_batch: int = 16):
+    if isinstance(engine, NumpyEngine):
+        return NumpyStepper(engine)
+    if isinstance(engine, MlxEngine) and has_batch_generator():
+        return MlxBatchStepper(engine, max_batch)
+    return EngineStepper(engine)

@@ -99,7 +99,7 @@ class Registry:
         try:
             t0 = time.perf_counter()
             model = api.load(key, backend=self.backend)
-            scheduler = Scheduler(stepper_for(model.engine), model.tokenizer, self.max_batch,
+            scheduler = Scheduler(stepper_for(model.engine, self.max_batch), model.tokenizer, self.max_batch,
                                   self.max_queue, on_step=self.on_step)
             entry = Loaded(key, model, scheduler, keep_alive=None if key in self.configured
                            else self.default_keep_alive, load_seconds=time.perf_counter() - t0)

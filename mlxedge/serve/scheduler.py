@@ -126,6 +126,8 @@ class Scheduler:
             self.cond.notify()
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout)
+        if not self.thread.is_alive() and hasattr(self.stepper, "close"):
+            self.stepper.close()  # mlx-lm's BatchGenerator restores the wired memory limit
 
     # -- the scheduler thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -163,6 +165,11 @@ class Scheduler:
             self._end(job, "cancelled" if job.cancelled else "timeout")
             return
         job.started = time.perf_counter()
+        if self.stepper.generates:  # the stepper prefills and samples; its first token comes with a step
+            seq = _Seq(job, None, self.tokenizer)
+            self.stepper.admit(seq)
+            self.active.append(seq)
+            return
         seq = _Seq(job, self.stepper.make_cache(), self.tokenizer)
         logits = self.stepper.prefill(job.ids, seq.cache)
         self.active.append(seq)
@@ -173,9 +180,14 @@ class Scheduler:
         if not live:
             return
         t0 = time.perf_counter()
-        logits = self.stepper.decode([s.last for s in live], [s.cache for s in live])  # (B, vocab)
-        for seq, row in zip(live, logits):
-            self._accept(seq, seq.sampler(row, seq.seen))
+        if self.stepper.generates:
+            for seq, token in self.stepper.step():
+                if not seq.job.finish_reason:
+                    self._accept(seq, token)
+        else:
+            logits = self.stepper.decode([s.last for s in live], [s.cache for s in live])  # (B, vocab)
+            for seq, row in zip(live, logits):
+                self._accept(seq, seq.sampler(row, seq.seen))
         self.steps += 1
         self.peak_batch = max(self.peak_batch, len(live))
         if self.on_step is not None:
@@ -231,4 +243,8 @@ class Scheduler:
             for seq in self.active:
                 if not seq.job.finish_reason and seq.job.cancelled:
                     self._end(seq.job, "cancelled")
+            if self.stepper.generates:
+                for seq in self.active:
+                    if seq.job.finish_reason:
+                        self.stepper.release(seq)
             self.active = [s for s in self.active if not s.job.finish_reason]
