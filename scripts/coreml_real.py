@@ -12,6 +12,7 @@ real text (mlxedge.texts.evaluation_text) against the NumPy backend: mean KL, to
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import resource
 import subprocess
@@ -66,6 +67,7 @@ def main() -> None:
         worst = max(info["weights"], key=lambda r: r["max_abs_err"] / max(r["bound"], 1e-30))
         res["worst_weight"] = {k: worst[k] for k in ("name", "form", "offset_dtype", "max_abs_err", "bound")}
         res["offset_dtypes"] = sorted({str(r["offset_dtype"]) for r in info["weights"]})
+        res["forms"] = dict(Counter(r["form"] for r in info["weights"]))
         tok = load_tokenizer(bundle)
         ids = np.array(tok.encode(texts.evaluation_text())[: a.tokens], np.int32)
         model = numpy_backend.load(bundle, mode="float32")
@@ -82,13 +84,21 @@ def main() -> None:
         prompt = ids[:32]
         prog.reset()
         cache = model.make_cache()
-        a_ids = [int(model.forward(prompt, cache)[-1].argmax())]
+        gaps = []  # the NumPy backend's top-1 minus top-2 logit at each step
+        first = model.forward(prompt, cache)[-1]
+        a_ids = [int(first.argmax())]
+        gaps.append(float(np.diff(np.sort(first)[-2:])[0]))
         b_ids = [int(prog(input_ids=prompt[None], position_offset=np.array([0], np.int32))["logits"][0, -1].argmax())]
         for i in range(15):
-            a_ids.append(int(model.forward(np.array([a_ids[-1]]), cache)[-1].argmax()))
+            row = model.forward(np.array([a_ids[-1]]), cache)[-1]
+            a_ids.append(int(row.argmax()))
+            gaps.append(float(np.diff(np.sort(row)[-2:])[0]))
             step = prog(input_ids=np.array([[b_ids[-1]]], np.int32), position_offset=np.array([32 + i], np.int32))
             b_ids.append(int(step["logits"][0, -1].argmax()))
         res["greedy16_identical"] = a_ids == b_ids
+        split = next((i for i, (x, y) in enumerate(zip(a_ids, b_ids)) if x != y), None)
+        res["first_divergence"] = split
+        res["numpy_top2_gap_there"] = None if split is None else gaps[split]
         res["greedy_numpy"], res["greedy_coreml"] = a_ids, b_ids
     print(json.dumps(res, indent=1))
 

@@ -119,12 +119,12 @@ class WeightMaker:
         q = unpack(np.asarray(w), bits)                        # (out, in) uint8 codes
         s64 = as_float32(scales).astype(np.float64)            # (out, in // group)
         b64 = as_float32(biases).astype(np.float64)
-        ref = dequantize(w, scales, biases, bits, group)       # MLX's float32 weights
+        ref = _Reference(w, scales, biases, bits, group)       # MLX's float32 weights, by row blocks
         wide = 4 if bits <= 4 else 8
         code_dt = types.np_uint4_dtype if wide == 4 else np.uint8
         with np.errstate(divide="ignore", invalid="ignore"):
             off64 = np.where(s64 != 0, -b64 / np.where(s64 != 0, s64, 1), 0.0)
-        top = float(np.max(np.abs(ref))) if ref.size else 0.0
+        top = ref.top
         zero_ok = bool(np.all((s64 != 0) | (b64 == 0)))  # s == 0 needs w = b: no shift-scale form
         if not zero_ok:
             raise MlxEdgeError(f"{prefix}: groups with a zero scale and a non-zero bias have no shift-scale form")
@@ -150,15 +150,37 @@ class WeightMaker:
                                                   name=op_name(name))
 
     @staticmethod
-    def _err(q: np.ndarray, scale: np.ndarray, offset: np.ndarray, ref: np.ndarray) -> float:
-        """max |coremltools' own decompression - MLX's dequantization|."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            got = constexpr_blockwise_shift_scale.decompress(q, scale, offset).astype(np.float32)
-        if not np.isfinite(got).all():
-            return float("inf")
-        return float(np.max(np.abs(got - ref))) if ref.size else 0.0
+    def _err(q: np.ndarray, scale: np.ndarray, offset: np.ndarray, ref: "_Reference") -> float:
+        """max |coremltools' own decompression - MLX's dequantization|, a block of rows at a time."""
+        err = 0.0
+        for rows, want in ref.blocks():
+            with np.errstate(over="ignore", invalid="ignore"):
+                got = constexpr_blockwise_shift_scale.decompress(q[rows], scale[rows], offset[rows])
+            got = got.astype(np.float32)
+            if not np.isfinite(got).all():
+                return float("inf")
+            err = max(err, float(np.max(np.abs(got - want))) if want.size else 0.0)
+        return err
 
     def check_all_used(self) -> None:
         left = sorted(set(self.raw) - self.used)
         if left:
             raise MlxEdgeError(f"bundle has tensors the Core ML export does not use: {', '.join(left[:5])}")
+
+
+class _Reference:
+    """MLX's dequantization of one tensor, produced a block of rows at a time: memory stays at a
+    few blocks, not four copies of the largest tensor (the embedding)."""
+
+    BLOCK = 1 << 22  # weights per block
+
+    def __init__(self, w, scales, biases, bits: int, group: int):
+        self.args = (w, scales, biases, bits, group)
+        self.rows = max(1, self.BLOCK // max(1, w.shape[1] * 32 // bits))
+        self.top = max((float(np.max(np.abs(b))) for _, b in self.blocks() if b.size), default=0.0)
+
+    def blocks(self):
+        w, scales, biases, bits, group = self.args
+        for r in range(0, w.shape[0], self.rows):
+            rows = slice(r, r + self.rows)
+            yield rows, dequantize(w[rows], scales[rows], biases[rows], bits, group)
