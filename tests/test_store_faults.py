@@ -99,20 +99,26 @@ def test_two_concurrent_pulls_do_the_work_once(tmp_path):
     assert_consistent(home)
 
 
-def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))  # Python ignores SIGXFSZ: EFBIG
+def _limit_file_size(limit: int):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: EFBIG
+    return preexec
 
 
-def test_disk_full_during_pull(tmp_path):
+@pytest.mark.parametrize("limit, quant", [(64 * 1024, "keep"),  # the 84 KB source copy fails
+                                          (200 * 1024, "f32")])  # the copy fits, the 380 KB f32 bundle not
+def test_disk_full_during_pull(tmp_path, limit, quant):
     home = tmp_path / "store"
-    r = run_cli(home, "pull", str(TINY), "--as", "tiny:q4", preexec_fn=_limit_file_size)
+    r = run_cli(home, "pull", str(TINY), "--as", "tiny:q4", "--quant", quant, "--quiet",
+                preexec_fn=_limit_file_size(limit))
     line = one_line_error(r, "pull")
     assert "File too large" in line
     assert names_listed(home) == []
     verify_clean(home)
+    assert not list((home / "tmp").glob("*"))  # the failed pull removed its work dir itself
     log = [json.loads(x) for x in (home / "audit.jsonl").read_text().splitlines()]
     assert [(e["event"], e["outcome"]) for e in log] == [("pull", "error"), ("verify", "ok")]
-    assert run_cli(home, "pull", str(TINY), "--as", "tiny:q4").returncode == 0
+    assert run_cli(home, "pull", str(TINY), "--as", "tiny:q4", "--quant", quant).returncode == 0
     assert_consistent(home)
 
 
