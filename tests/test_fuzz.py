@@ -4,6 +4,7 @@ the crashes fuzzing found, kept as regression tests."""
 from __future__ import annotations
 
 import json
+import re
 import resource
 import struct
 import subprocess
@@ -131,3 +132,19 @@ def test_gguf_arrays_nested_past_the_stack(tmp_path):
     bad.write_bytes(bytes(head) + bytes(64))
     with pytest.raises(MlxEdgeError, match="nests arrays more than 8 deep"):
         read_header(bad)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rope_scaling", [None], "rope_scaling is [None], expected an object or null"),
+    ("rms_norm_eps", None, "rms_norm_eps is None, expected a number"),
+    ("rope_scaling", {"rope_type": "linear", "factor": 0}, "rope_scaling.factor is '0', expected a positive number"),
+])
+def test_config_values_the_backend_would_trip_on(key, value, message, tmp_path):
+    """Found by the long campaign: a list for rope_scaling (AttributeError) and a null rms_norm_eps
+    (TypeError) got through to the NumPy backend."""
+    bundle = damage.intact_bundle(BUNDLE, tmp_path)
+    config = json.loads((bundle / "config.json").read_text())
+    config[key] = value
+    (bundle / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MlxEdgeError, match=re.escape(message)):
+        inspect(bundle)

@@ -102,7 +102,7 @@ INT_FIELDS = {"hidden_size": (True, 1, 1 << 20), "intermediate_size": (True, 1, 
               "vocab_size": (True, 1, 1 << 24), "num_key_value_heads": (False, 1, 1 << 14),
               "head_dim": (False, 1, 1 << 16), "max_position_embeddings": (False, 1, 1 << 32),
               "sliding_window": (False, 0, 1 << 32)}
-FLOAT_FIELDS = {"rms_norm_eps": (0.0, 1.0), "rope_theta": (1e-6, 1e15)}
+FLOAT_FIELDS = {"rms_norm_eps": (0.0, 1.0), "rope_theta": (1e-6, 1e15), "partial_rotary_factor": (1e-6, 1.0)}
 TOKEN_FIELDS = ("bos_token_id", "eos_token_id")
 
 
@@ -126,10 +126,9 @@ def check_config(config, where: str) -> None:
         if not _is_int(value) or not low <= value <= high:
             raise MlxEdgeError(f"{where}: config.json {key} is {value!r}, expected an integer in [{low}, {high}]")
     for key, (low, high) in FLOAT_FIELDS.items():
-        value = config.get(key)
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                      and math.isfinite(value) and low <= value <= high):
-            raise MlxEdgeError(f"{where}: config.json {key} is {value!r}, expected a number in [{low}, {high}]")
+        if key in config and not _is_number(config[key], low, high):
+            raise MlxEdgeError(f"{where}: config.json {key} is {config[key]!r}, expected a number in [{low}, {high}]")
+    _check_rope_scaling(config, where)
     if "tie_word_embeddings" in config and not isinstance(config["tie_word_embeddings"], bool):
         raise MlxEdgeError(f"{where}: config.json tie_word_embeddings is {config['tie_word_embeddings']!r}, "
                            f"expected true or false")
@@ -141,6 +140,36 @@ def check_config(config, where: str) -> None:
         raise MlxEdgeError(f"{where}: config.json hidden_size {config['hidden_size']} is not a multiple of "
                            f"num_attention_heads {heads} (and no head_dim is given)")
     check_token_ids(config, config["vocab_size"], f"{where}: config.json")
+
+
+def _is_number(x, low: float = -math.inf, high: float = math.inf) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and low <= x <= high
+
+
+def _check_rope_scaling(config: dict, where: str) -> None:
+    """null, or an object whose kind is a string, whose factors are positive numbers and whose
+    per-frequency factors (longrope) are lists of them, one per rotated pair of dimensions."""
+    scaling = config.get("rope_scaling")
+    if scaling is None:
+        return
+    rotary = config.get("partial_rotary_factor", 1.0)
+    half = int(head_dim(config) * rotary) // 2 if _is_number(rotary, 1e-12, 1.0) else -1
+    if not isinstance(scaling, dict):
+        raise MlxEdgeError(f"{where}: config.json rope_scaling is {scaling!r}, expected an object or null")
+    for key, value in scaling.items():
+        if key in ("type", "rope_type"):
+            ok = isinstance(value, str)
+        elif key in ("long_factor", "short_factor"):
+            ok = isinstance(value, list) and all(_is_number(x, 1e-12) for x in value) and len(value) == half
+        elif key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                     "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor"):
+            ok = value is None and key != "factor" or _is_number(value, 1e-12)
+        else:
+            continue
+        if not ok:
+            expected = ("a string" if key.endswith("type") else f"{half} positive numbers" if key.endswith("_factor")
+                        and key.startswith(("long", "short")) else "a positive number")
+            raise MlxEdgeError(f"{where}: config.json rope_scaling.{key} is {str(value)[:60]!r}, expected {expected}")
 
 
 def check_token_ids(obj: dict, vocab: int, where: str) -> None:
