@@ -111,3 +111,45 @@ def test_mlx_backend_batches_with_mlx_lm_and_equals_generate(tmp_path, monkeypat
 def test_smollm2_batch_of_8_equals_one_at_a_time(smollm2_gguf):
     model = mlxedge.load(smollm2_gguf, backend="numpy")
     check_batch_equals_alone(model, [6, 4, 6, 5, 3, 6, 4, 6], [{}] * 6 + [{"temp": 0.7, "seed": 1}] * 2)
+
+
+def test_prompt_cache_reuses_a_shared_prefix_and_changes_no_reply():
+    model = mlxedge.load(TINY, backend="numpy")
+    first = [{"role": "user", "content": "tell me a story"}]
+    reply = model.generate("tell me a story", max_tokens=10)
+    second = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "and then?"}]
+    jobs_spec = [("tell me a story", 10, {})]
+    jobs, sched = together(model, jobs_spec)
+    pc = sched.stepper.prompt_cache
+    assert pc.entries and pc.hits == 0
+    done = threading.Semaphore(0)
+    sched = Scheduler(sched.stepper, model.tokenizer)
+    ids2 = model.tokenizer.encode_chat(second)
+    job = Job(ids2, SamplingParams(), 12, on_event=lambda e: done.release() if e[0] == "done" else None)
+    sched.submit(job)
+    assert done.acquire(timeout=60)
+    sched.close()
+    assert pc.hits == 1 and pc.reused_tokens >= len(model.encode_prompt("tell me a story"))
+    g = model.generation(ids2, max_tokens=12)
+    g.run()
+    assert job.text == g.text
+
+
+def test_prompt_cache_is_bounded_in_bytes():
+    from mlxedge.serve.prompt_cache import PromptCache
+
+    m = mlxedge.load(TINY, backend="numpy").engine.model
+    caches = []
+    for n in (20, 30, 40):
+        c = m.make_cache()
+        m.forward(list(range(1, n + 1)), c)
+        caches.append((list(range(1, n + 1)), c))
+    one = caches[0][1].copy().nbytes
+    pc = PromptCache(max_bytes=int(one * 2.6), min_tokens=4)
+    for tokens, c in caches:
+        pc.store([t + 100 * len(tokens) for t in tokens], c)  # three unrelated prompts
+    assert pc.nbytes <= pc.max_bytes and len(pc.entries) == 1  # the oldest two dropped
+    pc.store(caches[0][0], caches[0][1])
+    hit = pc.lookup(caches[0][0][:10] + [250, 251])
+    assert hit is not None and hit[1] == 10 and hit[0].offset == 10
+    assert pc.lookup([9, 9, 9, 9, 9, 9]) is None

@@ -20,6 +20,7 @@ from ..backends.mlx import MlxEngine
 from ..backends.numpy import batch
 from ..backends.numpy.engine import NumpyEngine
 from ..engine import Engine
+from .prompt_cache import PromptCache
 
 
 class EngineStepper:
@@ -31,12 +32,13 @@ class EngineStepper:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def make_cache(self) -> Any:
-        return self.engine.make_cache()
+    def start(self, ids: Sequence[int]) -> tuple[Any, np.ndarray]:
+        """A new cache holding the prompt, and the logits (vocab,) of its last token."""
+        cache = self.engine.make_cache()
+        return cache, self.engine.forward(list(ids), cache, last_only=True)[-1]
 
-    def prefill(self, ids: Sequence[int], cache: Any) -> np.ndarray:
-        """Logits (vocab,) of the last prompt token, the prompt appended to `cache`."""
-        return self.engine.forward(list(ids), cache, last_only=True)[-1]
+    def retire(self, tokens: Sequence[int], cache: Any) -> None:
+        """A sequence left; `cache` holds `tokens`."""
 
     def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> np.ndarray:
         """Logits (B, vocab): token b fed after caches[b]."""
@@ -46,9 +48,24 @@ class EngineStepper:
 class NumpyStepper(EngineStepper):
     """The NumPy backend: one (B, hidden) matmul per linear for all active sequences."""
 
-    def __init__(self, engine: NumpyEngine):
+    def __init__(self, engine: NumpyEngine, prompt_cache_bytes: int = 64 << 20):
         super().__init__(engine)
         self.batched = batch.supports(engine.model)
+        self.prompt_cache = PromptCache(prompt_cache_bytes)
+
+    def start(self, ids: Sequence[int]) -> tuple[Any, np.ndarray]:
+        """As EngineStepper, but only the part of the prompt not in the prompt cache is prefilled."""
+        hit = self.prompt_cache.lookup(ids)
+        if hit is None:
+            cache, logits = super().start(ids)
+        else:
+            cache, n = hit
+            logits = self.engine.forward(list(ids[n:]), cache, last_only=True)[-1]
+        self.prompt_cache.store(ids, cache)
+        return cache, logits
+
+    def retire(self, tokens: Sequence[int], cache: Any) -> None:
+        self.prompt_cache.store(tokens, cache)  # the next chat turn starts with these
 
     def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> np.ndarray:
         if not self.batched or len(tokens) == 1:  # B = 1: exactly the single-sequence path
@@ -105,9 +122,9 @@ def has_batch_generator() -> bool:
         hasattr(importlib.import_module("mlx_lm.generate"), "BatchGenerator")
 
 
-def stepper_for(engine: Engine, max_batch: int = 16):
+def stepper_for(engine: Engine, max_batch: int = 16, prompt_cache_bytes: int = 64 << 20):
     if isinstance(engine, NumpyEngine):
-        return NumpyStepper(engine)
+        return NumpyStepper(engine, prompt_cache_bytes)
     if isinstance(engine, MlxEngine) and has_batch_generator():
         return MlxBatchStepper(engine, max_batch)
     return EngineStepper(engine)

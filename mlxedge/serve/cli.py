@@ -38,6 +38,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per model (default 16)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting per model before 429 (default 64)")
     p.add_argument("--max-loaded-models", type=int, default=2)
+    p.add_argument("--prompt-cache-mb", type=float, default=64,
+                   help="KV caches of recent prompts kept per model for reuse by requests sharing a prefix "
+                        "(NumPy backend; 0: off; default 64)")
     p.add_argument("--max-tokens", type=int, default=4096, help="cap on any request's max_tokens (default 4096)")
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body cap (default 4 MiB)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may run (default 600)")
@@ -69,7 +72,8 @@ def build(args: argparse.Namespace):
         raise MlxEdgeError("--max-queue must be >= 0 and --timeout > 0")
     registry = Registry(args.model, backend=args.backend, max_loaded=args.max_loaded_models,
                         max_batch=args.max_batch, max_queue=args.max_queue,
-                        keep_alive=None if args.keep_alive < 0 else args.keep_alive, allow_paths=args.allow_paths)
+                        keep_alive=None if args.keep_alive < 0 else args.keep_alive, allow_paths=args.allow_paths,
+                        prompt_cache_bytes=int(args.prompt_cache_mb * (1 << 20)))
     settings = Settings(max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens,
                         timeout=args.timeout, log_prompts=args.log_prompts)
     return create_app(registry, settings, keys)

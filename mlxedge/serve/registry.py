@@ -43,7 +43,7 @@ class Loaded:
 class Registry:
     def __init__(self, models: list[str], backend: str = "auto", max_loaded: int = 2, max_batch: int = 16,
                  max_queue: int = 64, keep_alive: float | None = 300.0, allow_paths: bool = False,
-                 on_step=None):
+                 on_step=None, prompt_cache_bytes: int = 64 << 20):
         self.configured = list(models)
         self.backend = backend
         self.max_loaded = max(1, max_loaded)
@@ -51,6 +51,7 @@ class Registry:
         self.default_keep_alive = keep_alive
         self.allow_paths = allow_paths
         self.on_step = on_step
+        self.prompt_cache_bytes = prompt_cache_bytes
         self.loaded: dict[str, Loaded] = {}
         self.loading: set[str] = set()
         self.lock = threading.Lock()
@@ -99,7 +100,7 @@ class Registry:
         try:
             t0 = time.perf_counter()
             model = api.load(key, backend=self.backend)
-            scheduler = Scheduler(stepper_for(model.engine, self.max_batch), model.tokenizer, self.max_batch,
+            scheduler = Scheduler(stepper_for(model.engine, self.max_batch, self.prompt_cache_bytes), model.tokenizer, self.max_batch,
                                   self.max_queue, on_step=self.on_step)
             entry = Loaded(key, model, scheduler, keep_alive=None if key in self.configured
                            else self.default_keep_alive, load_seconds=time.perf_counter() - t0)

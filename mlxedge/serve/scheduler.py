@@ -170,8 +170,8 @@ class Scheduler:
             self.stepper.admit(seq)
             self.active.append(seq)
             return
-        seq = _Seq(job, self.stepper.make_cache(), self.tokenizer)
-        logits = self.stepper.prefill(job.ids, seq.cache)
+        cache, logits = self.stepper.start(job.ids)
+        seq = _Seq(job, cache, self.tokenizer)
         self.active.append(seq)
         self._accept(seq, seq.sampler(logits, seq.seen))
 
@@ -243,8 +243,11 @@ class Scheduler:
             for seq in self.active:
                 if not seq.job.finish_reason and seq.job.cancelled:
                     self._end(seq.job, "cancelled")
-            if self.stepper.generates:
-                for seq in self.active:
-                    if seq.job.finish_reason:
-                        self.stepper.release(seq)
+            for seq in self.active:
+                if not seq.job.finish_reason:
+                    continue
+                if self.stepper.generates:
+                    self.stepper.release(seq)
+                elif seq.job.finish_reason != "error":  # the cache holds the prompt and all but the last token
+                    self.stepper.retire(seq.seen, seq.cache)
             self.active = [s for s in self.active if not s.job.finish_reason]
