@@ -166,3 +166,17 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     with pytest.raises(MlxEdgeError, match="unsupported model_type"):
         from mlxedge.coreml.builder import family
         family({"model_type": "gpt2"})
+
+
+def test_gguf_source_goes_through_the_cache(tmp_path, monkeypatch):
+    """SRC may be a .gguf (here mistral, a fifth model_type): converted with `keep` via the cache."""
+    from mlxedge import modelcache
+    from mlxedge.export import export
+    monkeypatch.setenv("MLXEDGE_CACHE", str(tmp_path / "cache"))
+    gguf = Path(__file__).parent / "fixtures" / "gguf" / "mistral-q4_1.gguf"
+    out = export(gguf, tmp_path / "m.mlpackage", context=16, compute_precision="float32", quiet=True)
+    model = numpy_backend.load(modelcache.resolve(gguf, quiet=True), mode="float32")
+    ids = PROMPT[:6] % model.vocab_size
+    ref = model.forward(ids, Float16KV(len(model.blocks)))
+    got = run(mil_interp.Program(out), ids, 0)
+    assert np.abs(got - ref).max() <= 5e-4 * float(np.abs(ref).max())

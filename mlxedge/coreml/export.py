@@ -18,6 +18,7 @@ import coremltools as ct
 import numpy as np
 
 from .. import __version__, modelcache
+from ..convert import convert
 from ..backends import numpy as numpy_backend
 from ..backends.numpy.weights import read_raw
 from ..errors import MlxEdgeError
@@ -48,7 +49,9 @@ def keep_float32(model_type: str):
 def export(src: str | Path, out: str | Path, *, context: int | None = None,
            compute_precision: str = "float16", last_only: bool = False, force: bool = False,
            quiet: bool = False) -> Path:
-    """Export `src` as the Core ML package `out` (+ sidecar files beside it); returns `out`."""
+    """Export `src` as the Core ML package `out` (+ sidecar files beside it); returns `out`.
+
+    `context` defaults to min(the model's max_position_embeddings, 4096)."""
     out = Path(out)
     if out.suffix != ".mlpackage":
         raise MlxEdgeError(f"{out}: the output must end in .mlpackage")
@@ -62,22 +65,23 @@ def export(src: str | Path, out: str | Path, *, context: int | None = None,
         there = [str(t) for t in targets if t.exists()]
         if there:
             raise MlxEdgeError(f"{there[0]} exists (use --force to replace it)")
-    bundle = modelcache.resolve(src, quiet=quiet)
-    config = read_config(bundle)
-    family(config)  # unsupported architecture: fail before any work
-    top = int(config.get("max_position_embeddings") or 0)
-    ctx = default_context(config) if context is None else int(context)
-    if ctx < 1 or (top and ctx > top):
-        raise MlxEdgeError(f"--context {ctx} is outside 1..{top or '?'} (the model's max_position_embeddings)")
     remove_stale(parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=parent))
     try:
+        bundle = _bundle(src, tmp, quiet)
+        config = read_config(bundle)
+        family(config)  # unsupported architecture: fail before any work
+        top = int(config.get("max_position_embeddings") or 0)
+        ctx = default_context(config) if context is None else int(context)
+        if ctx < 1 or (top and ctx > top):
+            raise MlxEdgeError(f"--context {ctx} is outside 1..{top or '?'} (the model's max_position_embeddings)")
         model = numpy_backend.load(bundle, mode="lean")
         wm = WeightMaker(read_raw(bundle), config.get("quantization") or {}, compute_precision)
         prog = build_program(model, wm, ctx, last_only=last_only)
         n_kv, head_dim = model.blocks[0].self_attn.n_kv, model.blocks[0].self_attn.head_dim
+        keep = keep_float32(config["model_type"])
         precision = (ct.precision.FLOAT32 if compute_precision == "float32" else
-                     ct.transform.FP16ComputePrecision(op_selector=lambda op: not keep_float32(config["model_type"])(op)))
+                     ct.transform.FP16ComputePrecision(op_selector=lambda op: not keep(op)))
         mlmodel = ct.convert(
             prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
             compute_precision=precision, skip_model_load=True,
@@ -97,6 +101,15 @@ def export(src: str | Path, out: str | Path, *, context: int | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _bundle(src: str | Path, tmp: Path, quiet: bool) -> Path:
+    """A bundle for `src`: itself, the GGUF cache's, a store name's, or an ONNX/HF export
+    converted with `keep` into `tmp` (removed with it)."""
+    p = Path(src).expanduser()
+    if p.suffix == ".onnx" or (p.is_dir() and not any(p.glob("model*.safetensors"))):
+        return convert(p, tmp / "bundle", quant="keep", show_progress=not quiet)
+    return modelcache.resolve(src, quiet=quiet)
 
 
 def describe(config: dict, ctx: int, precision: str, last_only: bool, n_layers: int, n_kv: int,
