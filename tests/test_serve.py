@@ -220,6 +220,17 @@ def test_disconnect_frees_the_slot(server):
                for e in entries)
 
 
+def test_disconnect_cancels_a_non_streamed_request(server):
+    sched = server.service.registry.get(str(TINY)).scheduler
+    body = {"model": "llama_f32", "messages": [{"role": "user", "content": "abc"}], "max_tokens": 2000,
+            "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=0.05)  # the client gives up
+    assert wait_for(lambda: sched.busy == 0, timeout=10)
+    last = json.loads(mlxedge.store.audit.log_path().read_text().splitlines()[-1])
+    assert last["outcome"] == "cancelled" and last["completion_tokens"] < 2000
+
+
 def test_health_and_metrics(server):
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
     text = httpx.get(f"{server.url}/metrics").text

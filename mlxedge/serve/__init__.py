@@ -6,6 +6,7 @@
     service.py        shared by both: model, limits, submit, audit and metrics per request
     registry.py       loaded models (LRU, keep_alive), one scheduler each
     scheduler.py      continuous batching on a thread per model; batch.py: how a model steps
+    prompt_cache.py   KV caches of recent prompts, reused by requests that share a prefix
     limits.py         API keys and roles, body size, JSON field checks
 """
 

@@ -35,6 +35,30 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class CountRequests:
+    """Requests by route and status (a plain ASGI middleware: Starlette's BaseHTTPMiddleware would
+    hide a client's disconnect from the routes)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", None) or "other"
+            self.metrics.requests.labels(path, str(status["code"])).inc()
+
+
 def create_app(registry: Registry, settings: Settings | None = None, keys: Keys | None = None,
                preload: bool = True) -> FastAPI:
     """The server for `registry`'s models; `preload` loads the configured models at startup."""
@@ -70,13 +94,7 @@ def create_app(registry: Registry, settings: Settings | None = None, keys: Keys 
     app.include_router(openai_router)
     app.include_router(ollama_router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", None) or "other"
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):

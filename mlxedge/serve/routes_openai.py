@@ -149,7 +149,8 @@ async def _complete(request: Request, chat: bool):
     params = svc.sampling(entry, temp=f["temp"], top_p=f["top_p"], top_k=f["top_k"], min_p=f["min_p"],
                           repetition_penalty=f["repetition_penalty"], seed=f["seed"])
     max_tokens = svc.limits(entry, ids, f["max_tokens"])
-    job = svc.submit(entry, ids, params, max_tokens, f["stop"], f["ignore_eos"])
+    stop = f["stop"] or tuple(entry.model.defaults.get("options", {}).get("stop", ()))  # a store model's
+    job = svc.submit(entry, ids, params, max_tokens, stop, f["ignore_eos"])
     meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
             "model": entry.name, "system_fingerprint": f"mlxedge-{entry.model.backend}"}
     if f["stream"]:

@@ -54,7 +54,7 @@ class Service:
         task = asyncio.ensure_future(self.run(entry, job))
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=0.25)
+                done, _ = await asyncio.wait({task}, timeout=0.1)
                 if done:
                     return task.result()
                 if await request.is_disconnected():
