@@ -22,6 +22,7 @@ import pytest
 
 from mlxedge import assets, modelcache
 from mlxedge.backends.numpy import lean, load, memory
+from mlxedge.backends.numpy.engine import NumpyEngine
 from mlxedge.errors import MlxEdgeError
 from mlxedge.quant import affine
 from mlxedge.tokenizer import Tokenizer
@@ -172,3 +173,20 @@ def test_real_gemma_modes_agree(gemma):
         out[mode] = toks
         del m
     assert out["float16"] == out["float32"] and out["lean"] == out["float32"], out
+
+
+def test_explicit_mode_that_does_not_fit_is_refused(monkeypatch):
+    needs = memory.estimate(TINY / "gemma3_q4", json.loads((TINY / "gemma3_q4" / "config.json").read_text())).needs
+    monkeypatch.setattr(memory, "available_memory", lambda: (needs["float32"] - 1, "a test"))
+    with pytest.raises(MlxEdgeError, match="does not fit in weight mode float32"):
+        load(TINY / "gemma3_q4", mode="float32")
+
+
+def test_memory_error_while_generating_is_one_line(monkeypatch):
+    engine = NumpyEngine(TINY / "llama_q4_bf16")
+
+    def oom(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(engine.model, "forward", oom)
+    with pytest.raises(MlxEdgeError, match=r"out of memory running 2 tokens after 0 in the cache \(weights in float32\)"):
+        engine.forward([1, 2], engine.make_cache())
