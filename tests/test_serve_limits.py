@@ -14,6 +14,7 @@ import threading
 import time
 
 import httpx
+import mlxedge
 import ollama
 import openai
 import pytest
@@ -180,3 +181,16 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_several_models_each_with_its_scheduler_lru_unloaded():
+    other = ROOT / "tests" / "goldens" / "tiny" / "qwen3_bf16"
+    with Server("--model", str(TINY), "--model", str(other), "--max-loaded-models", "1") as s:
+        reg = s.service.registry
+        assert wait_for(lambda: list(reg.loaded) == [str(other)], timeout=20)  # preloaded both, kept the last
+        c = client(s.url)
+        for name, path in (("llama_f32", TINY), ("qwen3_bf16", other), ("llama_f32", TINY)):
+            want = mlxedge.load(path, backend="numpy").generate("hi", max_tokens=5)
+            r = c.chat.completions.create(model=name, messages=HI, max_tokens=5)
+            assert r.choices[0].message.content == want and r.model == str(path)
+            assert list(reg.loaded) == [str(path)]
