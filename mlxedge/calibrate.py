@@ -80,7 +80,7 @@ class Instrumented:
     """A NumPy model whose linear layers record input moments and can be swapped for a probe."""
 
     def __init__(self, directory: str | Path):
-        self.model = np_backend.load(Path(directory))
+        self.model = np_backend.load(Path(directory), mode="float32")  # dense weights: probes edit them
         self.sums: dict[str, np.ndarray] = {}
         self.recorders: list[_Recorder] = []
         # weight name -> (W.T array (in, out...), column slice, block index)
