@@ -180,3 +180,34 @@ def test_gguf_source_goes_through_the_cache(tmp_path, monkeypatch):
     ref = model.forward(ids, Float16KV(len(model.blocks)))
     got = run(mil_interp.Program(out), ids, 0)
     assert np.abs(got - ref).max() <= 5e-4 * float(np.abs(ref).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which,precision,max_kl", [("smollm2", "float16", 5e-4), ("gemma3", "float16", 5e-4),
+                                                    ("gemma3", "float32", 5e-5)])
+def test_real_models(which, precision, max_kl, request, tmp_path):
+    """The real models over 256 tokens of real text: KL against the NumPy backend, 16 greedy tokens
+    through the state (a float16 split is accepted only where the NumPy backend's top two are
+    within float16's logit resolution)."""
+    from mlxedge import texts
+    from mlxedge.export import export
+    from mlxedge.tokenizer import load_tokenizer
+    bundle = request.getfixturevalue(f"{which}_bundle")
+    out = export(bundle, tmp_path / "m.mlpackage", context=320, compute_precision=precision, quiet=True)
+    ids = np.array(load_tokenizer(bundle).encode(texts.evaluation_text())[:256], np.int32)
+    model = numpy_backend.load(bundle, mode="float32")
+    prog = mil_interp.Program(out)
+    ref, got = model.forward(ids), run(prog, ids, 0)
+    assert np.isfinite(got).all()
+    lp, lq = log_softmax(ref), log_softmax(got)
+    assert float(np.mean(np.sum(np.exp(lp) * (lp - lq), -1))) < max_kl
+    prog.reset()
+    cache = model.make_cache()
+    row_a, row_b = model.forward(ids[:32], cache)[-1], run(prog, ids[:32], 0)[-1]
+    for i in range(16):
+        a, b = int(row_a.argmax()), int(row_b.argmax())
+        if a != b:
+            top2 = np.sort(row_a)[-2:]
+            assert precision == "float16" and top2[1] - top2[0] < 0.05, (i, a, b, top2)
+            break
+        row_a, row_b = model.forward(np.array([a]), cache)[-1], run(prog, [b], 32 + i)[-1]
