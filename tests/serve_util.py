@@ -52,6 +52,13 @@ class Server:
         self.sock.close()
 
 
+def slow_down(scheduler, seconds: float = 0.005) -> None:
+    """Make each decode step take at least `seconds` longer: the tiny model's 2000 tokens take
+    under half a second, too short for tests that act while a request is generating."""
+    decode = scheduler.stepper.decode
+    scheduler.stepper.decode = lambda *a: (time.sleep(seconds), decode(*a))[1]
+
+
 def wait_healthy(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

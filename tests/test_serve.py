@@ -15,7 +15,7 @@ import openai
 import pytest
 
 import mlxedge
-from serve_util import TINY, Server, wait_for
+from serve_util import TINY, Server, slow_down, wait_for
 
 PROMPTS = ["hi", "tell me a story", "abc", "1 2 3 4", "the quick brown fox", "x", "hello there", "why?"]
 LENGTHS = [5, 17, 9, 30, 12, 3, 24, 40]
@@ -154,6 +154,9 @@ def test_ollama_info_routes(oll, server):
     show = oll.show("llama_f32")
     assert show.details.family == "llama" and show.modelinfo["context_length"] == 2048
     assert oll.list().models == []  # nothing in this test's store
+    with pytest.raises(ollama.ResponseError) as e:
+        oll.generate(model="nope:1b", prompt="hi")
+    assert e.value.status_code == 404 and "not found" in e.value.error
 
 
 def test_concurrent_requests_equal_sequential(oai, server):
@@ -205,8 +208,17 @@ def test_malformed_requests_name_the_field(server):
     assert r.status_code == 413
 
 
-def test_disconnect_frees_the_slot(server):
-    sched = server.service.registry.loaded[str(TINY)].scheduler
+@pytest.fixture
+def slow(server):
+    sched = server.service.registry.get(str(TINY)).scheduler
+    decode = sched.stepper.decode
+    slow_down(sched)
+    yield sched
+    sched.stepper.decode = decode
+
+
+def test_disconnect_frees_the_slot(server, slow):
+    sched = slow
     body = {"model": "llama_f32", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000,
             "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as r:
@@ -220,8 +232,8 @@ def test_disconnect_frees_the_slot(server):
                for e in entries)
 
 
-def test_disconnect_cancels_a_non_streamed_request(server):
-    sched = server.service.registry.get(str(TINY)).scheduler
+def test_disconnect_cancels_a_non_streamed_request(server, slow):
+    sched = slow
     body = {"model": "llama_f32", "messages": [{"role": "user", "content": "abc"}], "max_tokens": 2000,
             "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):

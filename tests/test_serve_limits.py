@@ -25,7 +25,7 @@ from mlxedge.serve.cli import build
 from mlxedge.serve.limits import key_id
 from mlxedge.serve.registry import Registry
 from mlxedge.store import audit
-from serve_util import ROOT, TINY, Server, parse, wait_for, wait_healthy
+from serve_util import ROOT, TINY, Server, parse, slow_down, wait_for, wait_healthy
 
 GGUF = ROOT / "tests" / "fixtures" / "gguf" / "llama-q4_0.gguf"
 HI = [{"role": "user", "content": "hi"}]
@@ -104,6 +104,7 @@ def test_non_loopback_needs_a_key_or_the_flag(tmp_path):
 def test_queue_full_is_429_with_retry_after():
     with Server("--model", str(TINY), "--max-batch", "1", "--max-queue", "1") as s:
         sched = s.service.registry.loaded[str(TINY)].scheduler
+        slow_down(sched)  # 2000 tokens: >= 10 s
         long = {"model": "llama_f32", "messages": HI, "max_tokens": 2000, "stream": True, "ignore_eos": True}
         results = {}
         with httpx.stream("POST", f"{s.url}/v1/chat/completions", json=long, timeout=30) as first:
@@ -122,6 +123,7 @@ def test_queue_full_is_429_with_retry_after():
 
 def test_request_timeout_ends_generation():
     with Server("--model", str(TINY), "--timeout", "0.3") as s:
+        slow_down(s.service.registry.loaded[str(TINY)].scheduler)
         t0 = time.monotonic()
         r = client(s.url).chat.completions.create(model="llama_f32", messages=HI, max_tokens=2000,
                                                   extra_body={"ignore_eos": True})
