@@ -61,7 +61,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration windows (default 0)")
     p.add_argument("--exact", action="store_true",
                    help="keep GGUF quantizations bit-exact: float32 K-quant scales, 8-bit for Q2_K/Q3_K/Q6_K/IQ4 "
-                        "(default: float16 scales and the smallest MLX form within 0.25x the source's own "
+                        "(default: float16 scales and the smallest MLX form within 0.1x the source's own "
                         "rounding error, docs/gguf.md)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
