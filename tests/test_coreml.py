@@ -211,3 +211,21 @@ def test_real_models(which, precision, max_kl, request, tmp_path):
             assert precision == "float16" and top2[1] - top2[0] < 0.05, (i, a, b, top2)
             break
         row_a, row_b = model.forward(np.array([a]), cache)[-1], run(prog, [b], 32 + i)[-1]
+
+
+@pytest.mark.parametrize("name,change", [("llama_q4_bf16", {"rope_traditional": True}),
+                                         ("gemma3_q4", {"final_logit_softcapping": 3.0})])
+def test_config_variants(name, change, tmp_path):
+    """Traditional (interleaved) RoPE and Gemma's logit soft-capping, which no fixture has."""
+    from mlxedge.export import export
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for f in (TINY / name).iterdir():
+        (bundle / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**cfg, **change}))
+    out = export(bundle, tmp_path / "m.mlpackage", context=16, compute_precision="float32", quiet=True)
+    model = numpy_backend.load(bundle, mode="float32")
+    ref = model.forward(PROMPT[:10], Float16KV(len(model.blocks)))
+    got = run(mil_interp.Program(out), PROMPT[:10], 0)
+    assert np.abs(got - ref).max() <= 5e-4 * float(np.abs(ref).max())
