@@ -39,7 +39,7 @@ def export(src, out, to: str = "coreml", **options):
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="a converted bundle, a .gguf file or a store name")
+    p.add_argument("src", help="a converted bundle, a .gguf file, a store name, or an ONNX/HF export (converted with keep)")
     p.add_argument("--to", default="coreml", choices=TARGETS, help="output format (default coreml)")
     p.add_argument("-o", "--out", required=True, help="OUT.mlpackage (tokenizer files and mlxedge.json go beside it)")
     p.add_argument("--context", type=int, default=None,

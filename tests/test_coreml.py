@@ -229,3 +229,15 @@ def test_config_variants(name, change, tmp_path):
     ref = model.forward(PROMPT[:10], Float16KV(len(model.blocks)))
     got = run(mil_interp.Program(out), PROMPT[:10], 0)
     assert np.abs(got - ref).max() <= 5e-4 * float(np.abs(ref).max())
+
+
+def test_last_only(tmp_path, tmp_path_factory):
+    from mlxedge.export import export
+    out = export(TINY / "llama_q4_bf16", tmp_path / "m.mlpackage", context=CONTEXT,
+                 compute_precision="float32", last_only=True, quiet=True)
+    last = run(mil_interp.Program(out), PROMPT, 0)
+    full = run(mil_interp.Program(exported("llama_q4_bf16", "float32", tmp_path_factory)), PROMPT, 0)
+    assert last.shape == (1, full.shape[1])
+    assert np.abs(last - full[-1:]).max() <= 1e-5 * float(np.abs(full).max())
+    info = json.loads((tmp_path / "mlxedge.json").read_text())
+    assert info["outputs"][0]["shape"][1] == 1
