@@ -81,6 +81,16 @@ def test_decode_step_b1_is_forward_exactly():
     many = batch.decode_step(m, [7, 7, 7], caches)
     np.testing.assert_allclose(many, np.stack(refs), atol=1e-4)
     assert [c.offset for c in caches] == [4, 10, 15]
+    # prompts (several tokens per sequence): one segment is forward exactly, several are close
+    prompt = list(range(5, 40))
+    whole = m.forward(prompt, m.make_cache(), last_only=True)[0]
+    assert np.array_equal(batch.extend_step(m, [prompt], [m.make_cache()])[0], whole)
+    c = m.make_cache()
+    m.forward(prompt[:20], c)
+    rows = batch.extend_step(m, [prompt[20:], prompt[:7]], [c, m.make_cache()])
+    np.testing.assert_allclose(rows, np.stack([whole, m.forward(prompt[:7], m.make_cache(), last_only=True)[0]]),
+                               atol=1e-4)
+    assert c.offset == len(prompt)
 
 
 def test_unbatched_family_is_served_sequence_by_sequence():

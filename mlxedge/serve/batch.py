@@ -37,6 +37,10 @@ class EngineStepper:
         cache = self.engine.make_cache()
         return cache, self.engine.forward(list(ids), cache, last_only=True)[-1]
 
+    def start_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[Any, np.ndarray]]:
+        """`start` for several prompts admitted together."""
+        return [self.start(ids) for ids in prompts]
+
     def retire(self, tokens: Sequence[int], cache: Any) -> None:
         """A sequence left; `cache` holds `tokens`."""
 
@@ -54,15 +58,29 @@ class NumpyStepper(EngineStepper):
         self.prompt_cache = PromptCache(prompt_cache_bytes)
 
     def start(self, ids: Sequence[int]) -> tuple[Any, np.ndarray]:
-        """As EngineStepper, but only the part of the prompt not in the prompt cache is prefilled."""
-        hit = self.prompt_cache.lookup(ids)
-        if hit is None:
-            cache, logits = super().start(ids)
+        return self.start_many([ids])[0]
+
+    def start_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[Any, np.ndarray]]:
+        """Only what the prompt cache lacks is prefilled: a prompt it has no prefix of alone, first
+        (so that the next ones can reuse it: a shared system prompt), then all the remainders
+        together in one `extend_step`."""
+        out: list = [None] * len(prompts)
+        rest = []  # (index, cache holding a prefix, the tokens after it)
+        for i, ids in enumerate(prompts):
+            hit = self.prompt_cache.lookup(ids)
+            if hit is None:
+                out[i] = super().start(ids)
+                self.prompt_cache.store(ids, out[i][0])
+            else:
+                rest.append((i, hit[0], list(ids[hit[1]:])))
+        if len(rest) > 1 and self.batched:
+            rows = batch.extend_step(self.engine.model, [r[2] for r in rest], [r[1] for r in rest])
         else:
-            cache, n = hit
-            logits = self.engine.forward(list(ids[n:]), cache, last_only=True)[-1]
-        self.prompt_cache.store(ids, cache)
-        return cache, logits
+            rows = [self.engine.forward(r[2], r[1], last_only=True)[-1] for r in rest]
+        for (i, cache, _), logits in zip(rest, rows):
+            out[i] = (cache, logits)
+            self.prompt_cache.store(prompts[i], cache)
+        return out
 
     def retire(self, tokens: Sequence[int], cache: Any) -> None:
         self.prompt_cache.store(tokens, cache)  # the next chat turn starts with these

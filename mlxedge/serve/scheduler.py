@@ -140,40 +140,46 @@ class Scheduler:
                 admit = []
                 while self.waiting and len(self.active) + len(admit) < self.max_batch:
                     admit.append(self.waiting.popleft())
-            for job in admit:
-                self._guard(job, lambda job=job: self._prefill(job))
+            if admit:
+                self._guard(admit, lambda: self._admit(admit))
             self._drop_finished()
             if self.active:
                 batch = list(self.active)
                 self._guard(None, lambda: self._step(batch))
                 self._drop_finished()
 
-    def _guard(self, job: Job | None, fn) -> None:
+    def _guard(self, jobs: list[Job] | None, fn) -> None:
         try:
             fn()
         except Exception as e:  # noqa: BLE001 — one failing request must not stop the thread
             message = str(e) if isinstance(e, MlxEdgeError) else f"{type(e).__name__}: {e}"
-            victims = [job] if job is not None else [s.job for s in self.active]
+            victims = jobs if jobs is not None else [s.job for s in self.active]
             for j in victims:
                 if not j.finish_reason:
                     j.finish_reason = "error"
                     j.finished = time.perf_counter()
                     j.emit(("error", message))
 
-    def _prefill(self, job: Job) -> None:
-        if job.cancelled or self._expired(job):
-            self._end(job, "cancelled" if job.cancelled else "timeout")
+    def _admit(self, jobs: list[Job]) -> None:
+        """Prefill the jobs admitted between two steps (together where the stepper can)."""
+        ready = []
+        for job in jobs:
+            if job.cancelled or self._expired(job):
+                self._end(job, "cancelled" if job.cancelled else "timeout")
+                continue
+            job.started = time.perf_counter()
+            if self.stepper.generates:  # the stepper prefills and samples; the first token comes with a step
+                seq = _Seq(job, None, self.tokenizer)
+                self.stepper.admit(seq)
+                self.active.append(seq)
+            else:
+                ready.append(job)
+        if not ready:
             return
-        job.started = time.perf_counter()
-        if self.stepper.generates:  # the stepper prefills and samples; its first token comes with a step
-            seq = _Seq(job, None, self.tokenizer)
-            self.stepper.admit(seq)
+        for job, (cache, logits) in zip(ready, self.stepper.start_many([j.ids for j in ready])):
+            seq = _Seq(job, cache, self.tokenizer)
             self.active.append(seq)
-            return
-        cache, logits = self.stepper.start(job.ids)
-        seq = _Seq(job, cache, self.tokenizer)
-        self.active.append(seq)
-        self._accept(seq, seq.sampler(logits, seq.seen))
+            self._accept(seq, seq.sampler(logits, seq.seen))
 
     def _step(self, batch: list[_Seq]) -> None:
         live = [s for s in batch if not s.job.finish_reason]

@@ -1,10 +1,12 @@
-"""A batched decode step for the NumPy backend: B sequences, one new token each, one weight pass.
+"""Batched steps for the NumPy backend: several sequences through the model in one weight pass.
 
-Every linear (q/k/v, o, gate/up, down, lm_head) sees the B new tokens as one (B, hidden) matmul, so
-the weights are read once per step however many sequences decode; RoPE, the KV cache update and
-attention run per sequence over its own cache (their lengths differ; no padding). For B = 1 the
-arithmetic is exactly `NumpyModel.forward` on one token. Llama-family blocks (llama.py) only:
-`supports(model)` is False for the others, which the server decodes one sequence at a time.
+`decode_step`: B sequences, one new token each. `extend_step`: B sequences, any number of new tokens
+each (prompts, or what the prompt cache did not hold). Every linear (q/k/v, o, gate/up, down) sees
+all new tokens as one (rows, hidden) matmul, so the weights are read once per step however many
+sequences run; RoPE, the KV cache update and attention run per sequence over its own cache (their
+lengths differ; no padding); the head runs on each sequence's last row only. For one sequence the
+arithmetic is exactly `NumpyModel.forward(..., last_only=True)`. Llama-family blocks (llama.py)
+only: `supports(model)` is False for the others, which the server runs one sequence at a time.
 """
 
 from __future__ import annotations
@@ -27,47 +29,56 @@ def supports(model: NumpyModel) -> bool:
 
 def decode_step(model: NumpyModel, tokens: Sequence[int], caches: Sequence[KVCache]) -> np.ndarray:
     """Logits (B, vocab) float32: token b fed after what caches[b] holds (each cache advances by 1)."""
-    ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
-    if ids.size != len(caches) or ids.size == 0:
-        raise MlxEdgeError(f"decode_step needs one token per cache, got {ids.size} and {len(caches)}")
+    return extend_step(model, [[t] for t in tokens], caches)
+
+
+def extend_step(model: NumpyModel, segments: Sequence[Sequence[int]], caches: Sequence[KVCache]) -> np.ndarray:
+    """Logits (B, vocab) float32 of each segment's last token; segment b is fed after caches[b]."""
+    lengths = [len(s) for s in segments]
+    if len(segments) != len(caches) or not segments or min(lengths) == 0:
+        raise MlxEdgeError(f"extend_step needs one non-empty segment per cache, got {lengths} and {len(caches)}")
+    ids = np.concatenate([np.asarray(s, dtype=np.int64).reshape(-1) for s in segments])  # (rows,)
     if ids.min() < 0 or ids.max() >= model.embed_rows:
         raise MlxEdgeError(f"token id out of range 0..{model.embed_rows - 1}")
-    positions = np.array([c.offset for c in caches], dtype=np.int64)  # (B,)
-    h = model.embed_tokens(ids)  # (B, hidden)
+    ends = np.cumsum(lengths)
+    bounds = list(zip((ends - lengths).tolist(), ends.tolist()))  # rows of each segment
+    positions = np.concatenate([np.arange(c.offset, c.offset + n) for c, n in zip(caches, lengths)])
+    h = model.embed_tokens(ids)  # (rows, hidden)
     for i, block in enumerate(model.blocks):
-        h = _block(block, h, caches, positions, i)
-    for c in caches:
-        c.advance(1)
-    return model.head(model.norm(h)).astype(np.float32, copy=False)
+        h = _block(block, h, caches, positions, bounds, i)
+    for c, n in zip(caches, lengths):
+        c.advance(n)
+    return model.head(model.norm(h[ends - 1])).astype(np.float32, copy=False)
 
 
-def _block(block: TransformerBlock, x: np.ndarray, caches, positions, layer: int) -> np.ndarray:
-    h = x + _attention(block.self_attn, rms_norm(x, block.input_layernorm, block.eps), caches, positions, layer)
+def _block(block: TransformerBlock, x: np.ndarray, caches, positions, bounds, layer: int) -> np.ndarray:
+    h = x + _attention(block.self_attn, rms_norm(x, block.input_layernorm, block.eps), caches, positions,
+                       bounds, layer)
     return h + block.mlp(rms_norm(h, block.post_attention_layernorm, block.eps))
 
 
-def _attention(a: Attention, x: np.ndarray, caches, positions: np.ndarray, layer: int) -> np.ndarray:
-    B = x.shape[0]
-    q, k, v = a.qkv(x)                        # (B, n_heads*D), (B, n_kv*D) x2
-    q = q.reshape(B, a.n_heads, a.head_dim)  # (B, n_heads, D): one position per row
-    k = k.reshape(B, a.n_kv, a.head_dim)
-    v = v.reshape(B, a.n_kv, a.head_dim)
+def _attention(a: Attention, x: np.ndarray, caches, positions: np.ndarray, bounds, layer: int) -> np.ndarray:
+    R = x.shape[0]
+    q, k, v = a.qkv(x)                        # (R, n_heads*D), (R, n_kv*D) x2
+    q = q.reshape(R, a.n_heads, a.head_dim)  # (R, n_heads, D): each row at its own position
+    k = k.reshape(R, a.n_kv, a.head_dim)
+    v = v.reshape(R, a.n_kv, a.head_dim)
     if a.q_norm is not None:
         q = rms_norm(q, a.q_norm, a.eps)
         k = rms_norm(k, a.k_norm, a.eps)
     q, k = rope_rows(a.rope, q, positions), rope_rows(a.rope, k, positions)
-    out = np.empty((B, a.n_heads * a.head_dim), np.float32)
-    for b, cache in enumerate(caches):
-        start = int(positions[b])
-        keys, values = cache.update(layer, k[b:b + 1], v[b:b + 1])  # (n_kv, start+1, D)
+    out = np.empty((R, a.n_heads * a.head_dim), np.float32)
+    for (s, e), cache in zip(bounds, caches):
+        start = cache.offset
+        keys, values = cache.update(layer, k[s:e], v[s:e])  # (n_kv, start+T, D)
         k0 = 0 if a.window is None else max(0, start - a.window + 1)
-        out[b] = attention(q[b:b + 1], keys[:, k0:], values[:, k0:], a.scale, start, k0, a.window)[0]
+        out[s:e] = attention(q[s:e], keys[:, k0:], values[:, k0:], a.scale, start, k0, a.window)
     return a.o_proj(out)
 
 
 def rope_rows(rope: Rope, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """`rope(x[b:b+1], positions[b])` for every row b at once (the same float64 -> float32 steps)."""
-    if rope.dynamic is not None:  # the base depends on each sequence's length: one row at a time
+    if rope.dynamic is not None:  # the base depends on the sequence's length: one row at a time
         return np.concatenate([rope(x[b:b + 1], int(p)) for b, p in enumerate(positions)])
     ang = positions.astype(np.float64)[:, None] * rope.inv_freq[None, :]  # (B, dims/2), as np.outer
     cos = np.cos(ang).astype(np.float32)[:, None, :]  # (B, 1, dims/2)
