@@ -95,6 +95,10 @@ def test_non_loopback_needs_a_key_or_the_flag(tmp_path):
         build(parse("--model", str(TINY), "--host", "0.0.0.0"))
     build(parse("--model", str(TINY), "--host", "0.0.0.0", "--api-key", "k"))
     build(parse("--model", str(TINY), "--host", "0.0.0.0", "--allow-unauthenticated"))
+    with pytest.raises(MlxEdgeError, match="no such file"):
+        build(parse("--model", str(tmp_path / "missing")))
+    with pytest.raises(MlxEdgeError, match="mlxedge list"):
+        build(parse("--model", "nosuch:model"))
     with pytest.raises(MlxEdgeError, match="--keys-file .* line 1"):
         bad = tmp_path / "bad-keys"
         bad.write_text("only-a-key\n")

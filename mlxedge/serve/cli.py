@@ -10,9 +10,12 @@ import argparse
 import ipaddress
 import signal
 import socket
+from pathlib import Path
 
 import uvicorn
 
+from .. import store
+from ..store import names
 from ..backends import BACKENDS
 from ..errors import MlxEdgeError
 from .app import create_app
@@ -70,6 +73,11 @@ def build(args: argparse.Namespace):
             raise MlxEdgeError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_queue < 0 or args.timeout <= 0:
         raise MlxEdgeError("--max-queue must be >= 0 and --timeout > 0")
+    for model in args.model:  # fail now, not at the first request
+        if not Path(model).expanduser().exists():
+            if not names.is_name(model):
+                raise MlxEdgeError(f"--model {model}: no such file or directory")
+            store.get(model)
     registry = Registry(args.model, backend=args.backend, max_loaded=args.max_loaded_models,
                         max_batch=args.max_batch, max_queue=args.max_queue,
                         keep_alive=None if args.keep_alive < 0 else args.keep_alive, allow_paths=args.allow_paths,
