@@ -22,6 +22,9 @@ from .quant.recipes import FALLBACK, Recipe, Target, is_matrix
 from .safetensors import bits_per_weight
 
 
+K_QUANTS = ("Q4_K", "Q5_K")  # repacked with float32 scales (ggml.REPACK): float16 unless `exact`
+
+
 def _float_array(x: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
     if dtype == "bfloat16":
         return to_bf16_bits(x), "BF16"
@@ -72,7 +75,7 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
         if aff is not None:
             record["target"] = f"affine{aff.bits}g{aff.group_size}"
             record["exact"] = True
-            if not exact and not wide_embedding and aff.scales.dtype == np.float32:
+            if not exact and not wide_embedding and t.src_type in K_QUANTS and aff.scales.dtype == np.float32:
                 _narrow_scales(aff, record, errors)
             return _affine_arrays(t.name, aff), record, (aff.bits, aff.group_size)
         if t.src_type in FLOAT_TYPES or not is_matrix(t.name, t.shape):
