@@ -120,6 +120,8 @@ def describe(config: dict, ctx: int, precision: str, last_only: bool, n_layers: 
     return {
         "format": "mlxedge-coreml", "mlxedge_version": __version__, "model_type": config["model_type"],
         "context": ctx, "compute_precision": precision,
+        "float32_in_float16": None if precision == "float32" else
+        ["RMSNorm"] + (["residual stream", "embedding scale"] if config["model_type"] == "gemma3_text" else []),
         "inputs": [{"name": "input_ids", "shape": [1, "T"], "dtype": "int32", "T": [1, ctx]},
                    {"name": "position_offset", "shape": [1], "dtype": "int32",
                     "meaning": "position of input_ids[0]; keep position_offset + T <= context"}],
