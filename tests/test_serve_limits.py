@@ -200,3 +200,35 @@ def test_several_models_each_with_its_scheduler_lru_unloaded():
             r = c.chat.completions.create(model=name, messages=HI, max_tokens=5)
             assert r.choices[0].message.content == want and r.model == str(path)
             assert list(reg.loaded) == [str(path)]
+
+
+def test_sigterm_cancels_what_outlives_the_grace_period(tmp_path, smollm2_gguf):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "MLXEDGE_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "mlxedge", "serve", "--model", str(smollm2_gguf), "--port",
+                             str(port), "--grace", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout=120)
+        body = {"model": smollm2_gguf.name, "prompt": "Once upon a time", "max_tokens": 1000, "stream": True,
+                "ignore_eos": True}
+        got = []
+        with pytest.raises(httpx.HTTPError):  # the server closes the stream when the grace period ends
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
+                for line in r.iter_lines():
+                    got.append(line)
+                    if len(got) == 2:
+                        proc.send_signal(signal.SIGTERM)
+                        t0 = time.monotonic()
+        assert "data: [DONE]" not in got and len(got) < 1000
+        assert proc.wait(30) == 0, proc.stderr.read()
+        assert time.monotonic() - t0 < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    entries = [json.loads(line) for line in (tmp_path / "home" / "audit.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "request" and e["outcome"] == "cancelled" for e in entries)
