@@ -103,9 +103,9 @@ def test_unbatched_family_is_served_sequence_by_sequence():
 @pytest.mark.skipif(not mlx_backend.is_available(), reason="mlx not installed")
 def test_mlx_backend_batches_with_mlx_lm_and_equals_generate(tmp_path, monkeypatch):
     model = mlxedge.load(TINY, backend="mlx")
-    lengths = (4, 9, 6, 12)
-    want = [model.generate(p, max_tokens=n) for p, n in zip(PROMPTS[:4], lengths)]
-    jobs, sched = together(model, [(p, n, {}) for p, n in zip(PROMPTS[:4], lengths)])
+    lengths = (4, 9, 6, 12, 5, 3, 7, 8)
+    want = [model.generate(p, max_tokens=n) for p, n in zip(PROMPTS, lengths)]
+    jobs, sched = together(model, [(p, n, {}) for p, n in zip(PROMPTS, lengths)])
     assert isinstance(sched.stepper, MlxBatchStepper) and not sched.stepper.seqs  # all released
     assert [j.text for j in jobs] == want
     monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path))
@@ -114,8 +114,8 @@ def test_mlx_backend_batches_with_mlx_lm_and_equals_generate(tmp_path, monkeypat
         ask = lambda i: client.chat.completions.create(  # noqa: E731
             model="llama_f32", messages=[{"role": "user", "content": PROMPTS[i]}],
             max_tokens=lengths[i]).choices[0].message.content
-        with ThreadPoolExecutor(4) as pool:
-            assert list(pool.map(ask, range(4))) == want
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(ask, range(8))) == want
 
 
 def test_smollm2_batch_of_8_equals_one_at_a_time(smollm2_gguf):

@@ -62,6 +62,8 @@ def test_keys_roles_store_routes_and_audit(tmp_path):
                 call(user)
             assert e.value.status_code == 403
         assert admin.pull(str(GGUF), stream=False).status == "success"
+        progress = list(admin.pull(str(GGUF), stream=True))  # NDJSON progress; the second pull reuses
+        assert progress[0].status.startswith("pulling") and progress[-1].status == "success"
         store_name = [m.model for m in admin.list().models][0]
         admin.copy(store_name, "tiny:copy")
         admin.create("tiny:terse", from_="tiny:copy", system="Be terse.", parameters={"temperature": 0})
