@@ -19,7 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import MlxEdgeError
 from .files import read_json
-from .formats.tokenizer_files import SPECIAL_KEYS, check_config, load_tokenizer_json
+from .formats.tokenizer_files import SPECIAL_KEYS, check_config, load_tokenizer_json, tokenizer_errors
 
 def _token_text(value: Any) -> str | None:
     """tokenizer_config stores special tokens as strings or AddedToken dicts ({"content": ...})."""
@@ -63,6 +63,7 @@ class Tokenizer:
         path = directory / "tokenizer.json"
         if not path.is_file():
             raise MlxEdgeError(f"{directory} has no tokenizer.json")
+        self.path = path
         self._tok = load_tokenizer_json(str(path), path)
         self.config = read_json(directory / "tokenizer_config.json", missing_ok=True)
         check_config(self.config, directory / "tokenizer_config.json")
@@ -104,10 +105,12 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; `add_special_tokens` applies the post-processor (BOS for most models)."""
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        with tokenizer_errors(self.path):
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        with tokenizer_errors(self.path):
+            return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         """Render `messages` ([{"role", "content"}, ...]) with the model's chat template, as transformers does."""

@@ -154,7 +154,15 @@ def run(target: str, write) -> None:
     work = fresh_work()
     try:
         path, is_gguf = write(work / "case")
-        if exercise(path, work, is_gguf):
+        try:
+            ran = exercise(path, work, is_gguf)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:
+            raise
+        except BaseException as e:  # e.g. a Rust panic from tokenizers: an escape hypothesis can shrink
+            raise AssertionError(f"escaped {type(e).__name__}: {e}") from None
+        if ran:
             CONVERTED[target] = CONVERTED.get(target, 0) + 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -148,3 +148,18 @@ def test_config_values_the_backend_would_trip_on(key, value, message, tmp_path):
     (bundle / "config.json").write_text(json.dumps(config))
     with pytest.raises(MlxEdgeError, match=re.escape(message)):
         inspect(bundle)
+
+
+def test_tokenizer_that_panics_on_text(tmp_path):
+    """Found by the long campaign: a tokenizer.json that loads but whose normalizer makes the Rust
+    library panic on any text (a BaseException, with a backtrace on stderr) got through to generate.
+    Refused when the bundle is read, on one line."""
+    bundle = damage.intact_bundle(BUNDLE, tmp_path)
+    tok = json.loads((bundle / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Prepend", "prepend": ""}
+    (bundle / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(MlxEdgeError, match="tokenizer.json fails on this text"):
+        convert(bundle, tmp_path / "out", show_progress=False)
+    proc = subprocess.run([sys.executable, "-m", "mlxedge", "generate", "--model", str(bundle), "-p", "Hi"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]

@@ -4,12 +4,16 @@ special_tokens_map.json), shared by the readers (before converting) and the runt
 from __future__ import annotations
 
 import json
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..errors import MlxEdgeError
 
+SMOKE_TEXT = "Hello, world! 12 + 3.5 = 15.5 \u00e9t\u00e9 \u4f60\u597d \U0001f642\n\tend"
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -37,11 +41,45 @@ def check_tokenizer_files(files: dict[str, dict], root: Path, vocab_size: int) -
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if name in files:
             check_config(files[name], Path(root) / name)
-    tok = load_tokenizer_json(json.dumps(files["tokenizer.json"]), Path(root) / "tokenizer.json", from_str=True)
+    path = Path(root) / "tokenizer.json"
+    tok = load_tokenizer_json(json.dumps(files["tokenizer.json"]), path, from_str=True)
+    with tokenizer_errors(path), _rust_panics_silenced():  # one that loads may still fail on a text
+        tok.decode(tok.encode(SMOKE_TEXT).ids)
     top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
     if top >= vocab_size:
         raise MlxEdgeError(f"{root}: tokenizer.json has token id {top}, but the model's vocabulary "
                            f"(embedding rows) is {vocab_size}")
+
+
+@contextmanager
+def tokenizer_errors(path: Path):
+    """The tokenizers library's failures on a text (its Rust panics are BaseExceptions) as one line."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, MlxEdgeError):
+        raise
+    except BaseException as e:
+        lines = str(e).splitlines() or [type(e).__name__]
+        raise MlxEdgeError(f"{path} fails on this text: {lines[0][:200]}") from None
+
+
+@contextmanager
+def _rust_panics_silenced():
+    """Rust's panic hook writes a backtrace to fd 2 before the exception reaches Python: hide it
+    while a file is being tried out, so that the refusal stays one line."""
+    try:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (OSError, AttributeError, ValueError):
+        yield
+        return
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def load_tokenizer_json(source: str, path: Path, from_str: bool = False) -> HFTokenizer:
