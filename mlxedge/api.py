@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import modelcache, store
-from .errors import MlxEdgeError
+from .errors import MlxEdgeError, OutOfMemory
 from .backends import make_engine
 from .engine import Engine, Generation
 from .formats.bundle import read_config
@@ -100,6 +100,8 @@ def load(path: str | Path, backend: str = "auto", quiet: bool = True) -> Model:
         engine = make_engine(directory, backend)
         context = read_config(directory).get("max_position_embeddings")
         return Model(directory, engine, Tokenizer(directory), context_length=context)
+    except OutOfMemory:
+        raise  # the entry is good; this machine is short of memory
     except MlxEdgeError as e:
         if not modelcache.is_entry(directory):
             raise

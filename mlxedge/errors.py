@@ -13,5 +13,10 @@ class MlxEdgeError(Exception):
         super().__init__(message, *args)
 
 
+class OutOfMemory(MlxEdgeError):
+    """The machine cannot hold what was asked (a model in every weight mode): nothing is wrong with
+    the input, so nothing made from it (a cache entry) is thrown away."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by the CLI's handler wherever the program is, so that it unwinds as for Ctrl-C."""

@@ -211,3 +211,24 @@ def test_system_prompt(tiny):
     assert json.loads(r.stdout)["prompt_tokens"] == len(Tokenizer(tiny).encode_chat(messages))
     r = run_cli("generate", "--model", str(tiny), "--prompt", "hi", "--system", "x", "--no-chat-template")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_out_of_memory_keeps_the_cache_entry(fake_convert, monkeypatch):
+    """A machine short of memory is not a broken conversion: the entry stays for the next run."""
+    from mlxedge import api
+    from mlxedge.errors import OutOfMemory
+
+    gguf, calls = fake_convert
+    entry = modelcache.resolve(gguf)
+
+    def short(directory, backend="auto"):
+        raise OutOfMemory("the model does not fit in float32, float16 or lean")
+
+    monkeypatch.setattr(api, "make_engine", short)
+    with pytest.raises(OutOfMemory, match="does not fit"):
+        api.load(gguf)
+    assert modelcache.is_complete(entry) and len(calls) == 1
+    monkeypatch.setattr(api, "make_engine", lambda d, b="auto": (_ for _ in ()).throw(MlxEdgeError("bad tensor")))
+    with pytest.raises(MlxEdgeError, match="removed"):
+        api.load(gguf)
+    assert not entry.exists()

@@ -16,7 +16,7 @@ import importlib
 from pathlib import Path
 
 from ... import archs
-from ...errors import MlxEdgeError
+from ...errors import MlxEdgeError, OutOfMemory
 from ...formats.bundle import read_config
 from . import memory
 from .cache import KVCache
@@ -59,7 +59,7 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False) -> Nu
     except KeyError as e:
         raise MlxEdgeError(f"{Path(directory) / 'config.json'} lacks {e.args[0]!r}") from None
     except MemoryError:
-        raise MlxEdgeError(f"{directory}: out of memory loading in weight mode {chosen} (estimated "
+        raise OutOfMemory(f"{directory}: out of memory loading in weight mode {chosen} (estimated "
                            f"{fit.needs[chosen] / 1e9:.2f} GB, {fit.available / 1e9:.2f} GB available: "
                            f"{fit.source})") from None
     weights.check_all_used()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import safetensors
-from ...errors import MlxEdgeError
+from ...errors import OutOfMemory
 from ...safetensors import quant_spec
 from .layers import SCORES_LIMIT
 from .lean import scratch_bytes
@@ -41,7 +41,7 @@ class Estimate:
     source: str             # where `available` comes from, in words
 
     def pick(self, mode: str, what: str) -> str:
-        """`mode`, or for "auto" the first of float32, float16, lean that fits; else MlxEdgeError."""
+        """`mode`, or for "auto" the first of float32, float16, lean that fits; else OutOfMemory."""
         if mode == "auto":
             for m in MODES:
                 if self.needs[m] <= self.available:
@@ -50,7 +50,7 @@ class Estimate:
             return mode
         needs = ", ".join(f"{m} {self.needs[m] / GB:.2f} GB" for m in MODES)
         tried = "any weight mode" if mode == "auto" else f"weight mode {mode}"
-        raise MlxEdgeError(f"{what} does not fit in {tried}: needs {needs}; "
+        raise OutOfMemory(f"{what} does not fit in {tried}: needs {needs}; "
                            f"{self.available / GB:.2f} GB available ({self.source})")
 
 
