@@ -100,14 +100,14 @@ def test_damaged_bundle_is_refused(name, tmp_path):
 
 
 def test_intact_copies_are_accepted(tiny_gguf, tmp_path):
-    """The controls: the rewriter's unchanged copy and the bundle copy run (exit 0, no debris)."""
-    (tmp_path / "g").mkdir()
-    (tmp_path / "b").mkdir()
-    (tmp_path / "gcase").mkdir()
-    (tmp_path / "bcase").mkdir()
+    """The controls: the rewriter's unchanged copy and the bundle copy run (exit 0): the checks
+    refuse the damage, not the files."""
+    for d in ("g", "b", "gcase", "bcase"):
+        (tmp_path / d).mkdir()
     gguf_copy = damage.intact_gguf(tiny_gguf, tmp_path / "gcase")
     assert gguf_copy.read_bytes() == tiny_gguf.read_bytes()
-    for work, path in ((tmp_path / "g", gguf_copy), (tmp_path / "b", damage.intact_bundle(TINY_BUNDLE, tmp_path / "bcase"))):
+    bundle_copy = damage.intact_bundle(TINY_BUNDLE, tmp_path / "bcase")
+    for work, path in ((tmp_path / "g", gguf_copy), (tmp_path / "b", bundle_copy)):
         for cmd, (rc, err, _, _) in run_all(path, work).items():
             assert rc == 0, f"{path.name} {cmd}: {err}"
 
