@@ -13,9 +13,11 @@ from typing import Callable
 
 from . import planner
 from .formats import Source, open_source
+from .formats.bundle import read_config
 from .pipeline import convert_source
 from .quant import recipes
 from .quant.recipes import Recipe
+from .safetensors import stats
 
 __all__ = ["convert", "open_source", "resolve_recipe"]
 
@@ -75,12 +77,14 @@ def main(args: argparse.Namespace) -> int:
     out = convert(args.src, args.out, quant=quant, force=args.force, show_progress=not args.quiet,
                   exact=args.exact, **options)
     meta = json.loads((out / "mlxedge.json").read_text())
-    summary = {"out": str(out), "recipe": meta["recipe"], "parameters": meta["parameters"],
-               "bits_per_weight": meta["bits_per_weight"],
-               "size_bytes": sum(p.stat().st_size for p in out.iterdir())}
+    weights = stats(out, read_config(out).get("quantization") or {})  # the numbers inspect reports
+    summary = {"out": str(out), "recipe": meta["recipe"], "parameters": weights["parameters"],
+               "bits_per_weight": round(weights["bits_per_weight"], 4), "size_bytes": weights["size_bytes"],
+               "bundle_bytes": sum(p.stat().st_size for p in out.iterdir())}
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
         print(f"wrote {out}: {summary['parameters'] / 1e6:.1f}M parameters, "
-              f"{summary['bits_per_weight']:.2f} bits/weight, {summary['size_bytes'] / 1e6:.1f} MB")
+              f"{summary['bits_per_weight']:.2f} bits/weight, weights {summary['size_bytes'] / 1e6:.1f} MB "
+              f"(bundle {summary['bundle_bytes'] / 1e6:.1f} MB)")
     return 0

@@ -34,7 +34,11 @@ def read_onnx(path: str | Path) -> Source:
     model_file, root = _locate(Path(path))
     genai = read_json(root / "genai_config.json") if (root / "genai_config.json").exists() else None
     graph = OnnxGraph(model_file)
-    weights = {_hf_name(k): w for k, w in collect(graph).items()}
+    try:
+        weights = {_hf_name(k): w for k, w in collect(graph).items()}
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
+        # the graph's structure is not what any exporter writes (fuzzing finds many such shapes)
+        raise MlxEdgeError(f"{model_file.name}: malformed ONNX graph ({type(e).__name__}: {e})") from None
     used = set().union(*(w.consts for w in weights.values()))
     config = _config(root, genai, graph, weights)
     arch = config["model_type"]
@@ -77,7 +81,7 @@ def _locate(path: Path) -> tuple[Path, Path]:
     genai = path / "genai_config.json"
     if genai.exists():
         name = read_json(genai).get("model", {}).get("decoder", {}).get("filename", "model.onnx")
-        if not (path / name).is_file():
+        if not isinstance(name, str) or not (path / name).is_file():
             raise MlxEdgeError(f"{genai} names {name}, which is not in {path}")
         return path / name, path
     for folder in (path, path / "onnx"):

@@ -216,6 +216,11 @@ def _matmul_integer_scale(graph: OnnxGraph, node) -> str:
     raise MlxEdgeError(f"MatMulInteger {node.name}: cannot find its weight scale (expected Cast -> Mul after it)")
 
 
+# inputs an op needs at the least (onnxruntime's contrib op schemas; ONNX's for the standard ones)
+ARITY = {"MatMul": 2, "Gemm": 2, "FusedMatMul": 2, "MatMulNBits": 3, "MatMulInteger": 2,
+         "DynamicQuantizeMatMul": 3, "Gather": 2, "GatherBlockQuantized": 3}
+
+
 def collect(graph: OnnxGraph) -> dict[str, Weight]:
     """Every parameter the graph's weight-consuming ops hold, under HF-style names (exporter scope)."""
     found: dict[str, Weight] = {}
@@ -227,6 +232,8 @@ def collect(graph: OnnxGraph) -> dict[str, Weight]:
 
     for node in graph.nodes:
         op, ins = node.op_type, list(node.input)
+        if len(ins) < ARITY.get(op, 0):
+            raise MlxEdgeError(f"{op} node {node.name!r} has {len(ins)} inputs; the op takes at least {ARITY[op]}")
         if op in ("MatMul", "Gemm", "FusedMatMul") and len(ins) > 1 and graph.is_const(ins[1]):
             mod = module_of(graph, node, ins[1])
             if mod is None:
