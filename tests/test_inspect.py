@@ -50,3 +50,14 @@ def test_inspect_bad_input_is_one_line(tmp_path):
     bad.write_text("not a model")
     r = subprocess.run([sys.executable, "-m", "mlxedge", "inspect", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_convert_and_inspect_report_the_same_numbers(tmp_path):
+    """One definition of size and bits per weight: convert's summary equals inspect's."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "mlxedge", "convert", str(FIX / "llama256-kmix.gguf"), "-o", str(out),
+                        "--json"], capture_output=True, text=True, check=True)
+    summary, info = json.loads(r.stdout), _inspect(out)
+    for key in ("size_bytes", "parameters", "bits_per_weight"):
+        assert summary[key] == info[key], key
+    assert summary["size_bytes"] == (out / "model.safetensors").stat().st_size < summary["bundle_bytes"]
