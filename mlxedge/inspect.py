@@ -64,7 +64,7 @@ def _inspect_gguf(path: Path) -> dict:
 
 def _inspect_bundle(path: Path) -> dict:
     config = read_config(path)
-    read_hf(path, compare_head=False)  # the checks a backend makes before loading: headers vs files, shapes, tokenizer
+    read_hf(path, check_only=True)  # the checks a backend makes before loading: headers vs files, shapes, tokenizer
     q = config.get("quantization") or {}
     tensors = scan_all(path)
     hist: Counter = Counter()

@@ -64,7 +64,7 @@ class Tokenizer:
         if not path.is_file():
             raise MlxEdgeError(f"{directory} has no tokenizer.json")
         self.path = path
-        self._tok = load_tokenizer_json(str(path), path)
+        self._tok = load_tokenizer_json(path)
         self.config = read_json(directory / "tokenizer_config.json", missing_ok=True)
         check_config(self.config, directory / "tokenizer_config.json")
         self.special_tokens: dict[str, str] = {}

@@ -34,7 +34,7 @@ def make_engine(directory: Path, backend: str = "auto") -> Engine:
     backend will read from it (config, safetensors headers against the files, shapes, tokenizer)."""
     if backend not in BACKENDS:
         raise MlxEdgeError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    read_hf(directory, compare_head=False)
+    read_hf(directory, check_only=True)
     return _make_engine(directory, backend)
 
 

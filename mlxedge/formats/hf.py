@@ -30,14 +30,14 @@ from .tokenizer_files import check_tokenizer_files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _sanitize(raw: dict[str, Tensor], config: dict, arch, compare_head: bool = True
+def _sanitize(raw: dict[str, Tensor], config: dict, arch, check_only: bool = False
               ) -> tuple[dict[str, Tensor], list[str]]:
     """mlx-lm's checkpoint quirks: drop rotary inv_freq and a tied lm_head. -> (tensors, dropped)."""
     dropped = [k for k in raw if "rotary_emb.inv_freq" in k]
     if "lm_head.weight" in raw and "model.embed_tokens.weight" in raw and "lm_head.scales" not in raw:
         head, embed = raw["lm_head.weight"], raw["model.embed_tokens.weight"]
         tied = config.get("tie_word_embeddings", False)
-        duplicate = compare_head and head.shape == embed.shape and np.array_equal(head.load(), embed.load())
+        duplicate = not check_only and head.shape == embed.shape and np.array_equal(head.load(), embed.load())
         if (tied and arch.DROP_TIED_HEAD) or duplicate:
             dropped.append("lm_head.weight")
             if duplicate:
@@ -57,11 +57,12 @@ def _float_dtype(config: dict, raw: dict[str, Tensor], arch) -> str:
     return arch.FLOAT_DTYPE
 
 
-def read_hf(path: str | Path, compare_head: bool = True) -> Source:
+def read_hf(path: str | Path, check_only: bool = False) -> Source:
     """Read a Hugging Face checkpoint or an MLX bundle directory into a conversion Source.
 
-    `compare_head=False` skips reading lm_head and the embedding to see whether the head merely
-    duplicates it: for callers that only want the checks (inspect, the backends)."""
+    `check_only=True` is for callers that only want the checks (inspect, the backends before
+    loading): it skips reading lm_head and the embedding to see whether the head merely duplicates
+    it, and checks tokenizer.json from its file without keeping it in the Source."""
     root = Path(path)
     config = read_json(root / "config.json")
     if "model_type" not in config:
@@ -75,7 +76,7 @@ def read_hf(path: str | Path, compare_head: bool = True) -> Source:
         raise MlxEdgeError(f"{root / 'config.json'}: \"quantization\" is {qcfg!r}, expected an object")
     written_by_us = read_json(root / "mlxedge.json", missing_ok=True)  # checked even when not needed
     is_bundle = qcfg is not None or bool(written_by_us)
-    raw, dropped = _sanitize(raw, config, arch, compare_head)
+    raw, dropped = _sanitize(raw, config, arch, check_only)
 
     quantized = {k[: -len(".scales")] for k in raw if k.endswith(".scales")}
     if quantized and not qcfg:
@@ -110,11 +111,12 @@ def read_hf(path: str | Path, compare_head: bool = True) -> Source:
         for name in names:
             yield make(name)
 
-    tokenizer_files = {n: read_json(root / n) for n in TOKENIZER_FILES if (root / n).exists()}
+    tokenizer_files = {n: read_json(root / n) for n in TOKENIZER_FILES
+                       if (root / n).exists() and not (check_only and n == "tokenizer.json")}
     template = root / "chat_template.jinja"
     if template.exists() and "tokenizer_config.json" in tokenizer_files:
         tokenizer_files["tokenizer_config.json"].setdefault("chat_template", template.read_text(encoding="utf-8"))
-    if "tokenizer.json" not in tokenizer_files:
+    if not (root / "tokenizer.json").is_file():
         raise MlxEdgeError(f"{root} has no tokenizer.json (needed to run the converted model)")
     check_tokenizer_files(tokenizer_files, root, config["vocab_size"])
     generation = read_json(root / "generation_config.json", missing_ok=True)

@@ -3,7 +3,6 @@ special_tokens_map.json), shared by the readers (before converting) and the runt
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from contextlib import contextmanager
@@ -42,7 +41,7 @@ def check_tokenizer_files(files: dict[str, dict], root: Path, vocab_size: int) -
         if name in files:
             check_config(files[name], Path(root) / name)
     path = Path(root) / "tokenizer.json"
-    tok = load_tokenizer_json(json.dumps(files["tokenizer.json"]), path, from_str=True)
+    tok = load_tokenizer_json(path)  # the file itself: no JSON round trip of a 30 MB vocabulary
     with tokenizer_errors(path), _rust_panics_silenced():  # one that loads may still fail on a text
         tok.decode(tok.encode(SMOKE_TEXT).ids)
     top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
@@ -82,9 +81,9 @@ def _rust_panics_silenced():
         os.close(devnull)
 
 
-def load_tokenizer_json(source: str, path: Path, from_str: bool = False) -> HFTokenizer:
+def load_tokenizer_json(path: Path) -> HFTokenizer:
     try:
-        return HFTokenizer.from_str(source) if from_str else HFTokenizer.from_file(source)
+        return HFTokenizer.from_file(str(path))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # bare Exceptions on bad files, and pyo3's PanicException (a BaseException)
