@@ -83,17 +83,4 @@ def rope_rows(rope: Rope, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
     ang = positions.astype(np.float64)[:, None] * rope.inv_freq[None, :]  # (B, dims/2), as np.outer
     cos = np.cos(ang).astype(np.float32)[:, None, :]  # (B, 1, dims/2)
     sin = np.sin(ang).astype(np.float32)[:, None, :]
-    out = np.array(x, dtype=np.float32)
-    rot = out[..., : rope.dims]
-    if rope.input_scale != 1.0:
-        rot *= rope.input_scale
-    if rope.traditional:
-        x1, x2 = rot[..., 0::2].copy(), rot[..., 1::2].copy()
-        rot[..., 0::2] = x1 * cos - x2 * sin
-        rot[..., 1::2] = x1 * sin + x2 * cos
-    else:
-        half = rope.dims // 2
-        x1, x2 = rot[..., :half].copy(), rot[..., half:].copy()
-        rot[..., :half] = x1 * cos - x2 * sin
-        rot[..., half:] = x1 * sin + x2 * cos
-    return out
+    return rope.rotate(x, cos, sin)

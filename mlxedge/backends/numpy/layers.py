@@ -76,7 +76,10 @@ class Rope:
 
     def __call__(self, x: np.ndarray, start: int) -> np.ndarray:
         """x (T, n_heads, head_dim), rotated for positions start .. start+T-1."""
-        cos, sin = self._cos_sin(start, x.shape[0])  # (T, 1, dims/2) each
+        return self.rotate(x, *self._cos_sin(start, x.shape[0]))  # cos, sin (T, 1, dims/2) each
+
+    def rotate(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """x (T, n_heads, head_dim) rotated by angles whose cos/sin are (T, 1, dims/2)."""
         out = np.array(x, dtype=np.float32)  # a copy; pass-through features stay as they are
         rot = out[..., : self.dims]
         if self.input_scale != 1.0:
