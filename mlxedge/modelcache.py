@@ -22,6 +22,7 @@ from pathlib import Path
 from . import __version__
 from .assets import cache_dir
 from .errors import MlxEdgeError
+from .files import sha256_file
 from .formats import open_source
 from .formats.bundle import remove_stale
 from .pipeline import convert_source
@@ -132,11 +133,7 @@ def verify(gguf: str | Path) -> bool:
     if not is_complete(entry, source_key(Path(gguf))):
         raise MlxEdgeError(f"{gguf} has no cache entry yet")
     recorded = json.loads((entry / "mlxedge.json").read_text()).get("source", {}).get("sha256")
-    h = hashlib.sha256()
-    with open(gguf, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return recorded == h.hexdigest()
+    return recorded == sha256_file(gguf)
 
 
 def resolve(model: str | Path, quiet: bool = False) -> Path:

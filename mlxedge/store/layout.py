@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import MlxEdgeError
-
-CHUNK = 1 << 22
+from ..files import pump, sha256_file  # noqa: F401 - sha256_file is part of the store's layout API
 
 
 def home() -> Path:
@@ -92,25 +91,11 @@ def blob_path(digest: str) -> Path:
     return home() / "blobs" / f"sha256-{digest}"
 
 
-def sha256_file(path: Path, progress=None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            if progress is not None:
-                progress.update(len(chunk))
-    return h.hexdigest()
-
-
 def copy_hashing(src: Path, dst: Path, progress=None) -> str:
     """Copy `src` to `dst`, returning the sha256 of what was read (one pass over the data)."""
     h = hashlib.sha256()
     with open(src, "rb") as fi, open(dst, "wb") as fo:
-        while chunk := fi.read(CHUNK):
-            h.update(chunk)
-            fo.write(chunk)
-            if progress is not None:
-                progress.update(len(chunk))
+        pump(fi, h, fo, progress)
         fo.flush()
         os.fsync(fo.fileno())
     return h.hexdigest()
