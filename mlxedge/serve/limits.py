@@ -115,6 +115,14 @@ _NAMES = {"str": "a string", "int": "an integer", "number": "a number", "bool": 
           "list": "an array", "dict": "an object"}
 
 
+def model_name(data: dict) -> str:
+    """Ollama's `model` (or its older `name`) field, required."""
+    name = get(data, "model", "str") or get(data, "name", "str")
+    if not name:
+        raise ApiError(400, "'model' is required", param="model")
+    return name
+
+
 def get(data: dict, name: str, kind: str | tuple[str, ...], default: Any = None, *, lo: float | None = None,
         hi: float | None = None, where: str = "") -> Any:
     """data[name] checked to be of `kind` (null counts as missing), within [lo, hi]: else 400 naming it."""

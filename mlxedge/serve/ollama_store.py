@@ -14,7 +14,7 @@ from .. import store
 from ..errors import MlxEdgeError
 from ..formats.bundle import read_config
 from ..store import audit
-from .limits import ApiError, get, read_json
+from .limits import ApiError, get, model_name, read_json
 
 router = APIRouter()
 
@@ -99,9 +99,7 @@ async def pull(request: Request):
     svc = _service(request)
     caller = svc.authorize(request, "/api/pull", admin=True)
     body = await read_json(request, svc.settings.max_body_bytes)
-    source = get(body, "model", "str") or get(body, "name", "str")
-    if not source:
-        raise ApiError(400, "'model' is required", param="model")
+    source = model_name(body)
     name = get(body, "as", "str")
     if not get(body, "stream", "bool", True):
         m = await _store_call(store.pull, source, name=name, quiet=True)
@@ -128,9 +126,7 @@ async def delete(request: Request):
     svc = _service(request)
     caller = svc.authorize(request, "/api/delete", admin=True)
     body = await read_json(request, svc.settings.max_body_bytes)
-    name = get(body, "model", "str") or get(body, "name", "str")
-    if not name:
-        raise ApiError(400, "'model' is required", param="model")
+    name = model_name(body)
     await _store_call(store.rm, name)
     audit.record("serve_delete", model=name, route="/api/delete", key_id=caller.key_id)
     return JSONResponse({})
@@ -154,9 +150,7 @@ async def create(request: Request):
     svc = _service(request)
     caller = svc.authorize(request, "/api/create", admin=True)
     body = await read_json(request, svc.settings.max_body_bytes)
-    name = get(body, "model", "str") or get(body, "name", "str")
-    if not name:
-        raise ApiError(400, "'model' is required", param="model")
+    name = model_name(body)
     text = get(body, "modelfile", "str")
     if text is None:
         base = get(body, "from", "str")

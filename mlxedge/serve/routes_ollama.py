@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .. import __version__
-from .limits import ApiError, get, read_json, stop_list
+from .limits import ApiError, get, model_name, read_json, stop_list
 from .ollama_store import router as store_router, model_details, show_model
 from .service import FINISH, Caller, Service, timings
 
@@ -96,9 +96,7 @@ async def show(request: Request):
     svc = service(request)
     svc.authorize(request, "/api/show")
     body = await read_json(request, svc.settings.max_body_bytes)
-    name = get(body, "model", "str") or get(body, "name", "str")
-    if not name:
-        raise ApiError(400, "'model' is required", param="model")
+    name = model_name(body)
     return show_model(svc, name)
 
 
