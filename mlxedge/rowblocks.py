@@ -16,6 +16,10 @@ tensor would (`BundleWriter.add_blocks`). Two things belong to the whole tensor:
 from __future__ import annotations
 
 import bisect
+import itertools
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -24,6 +28,7 @@ from .quant import lowbit
 from .quant.search import dequantize as dequantize_affine
 from .quant.search import quantize_search
 
+WORKERS = min(4, os.cpu_count() or 1)  # row blocks converted at once: NumPy's loops release the GIL
 BLOCK_VALUES = 1 << 22  # values per row block: 16 MiB in float32, a few times that in temporaries
 PW_BLOCKSIZE = 128  # NumPy sums runs of up to this many values unsplit (8 accumulators)
 ERROR_KEYS = ("max_abs_err", "rms_err")  # the record fields merged across blocks
@@ -127,10 +132,19 @@ def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int
     held: list[list[np.ndarray]] = []  # per further array (scales, biases): its blocks
     biggest, nbytes = [np.float32(0)], [0]
 
+    def convert_rows(a: int):  # in a worker thread: nothing shared is touched
+        errs: list[np.ndarray] = []
+        arrays, record, qspec = convert_block(t.rows(a, min(a + step, rows)), errs.append)
+        squares = None
+        if len(errs) == 1:
+            e = np.ascontiguousarray(errs[0], np.float32).reshape(-1)
+            squares = (e * e, e.max())
+        return arrays, record, qspec, len(errs), squares
+
     def weight_blocks():
-        for a in starts:
-            errs: list[np.ndarray] = []
-            arrays, record, qspec = convert_block(t.rows(a, min(a + step, rows)), errs.append)
+        # the first block alone: it may send the tensor to lowbit_blocks before others are begun
+        done = itertools.chain([convert_rows(starts[0])], ordered(convert_rows, starts[1:]))
+        for arrays, record, qspec, n_errs, squares in done:
             layout = [(name, arr.dtype, arr.shape[1:], st) for name, arr, st in arrays]
             plain = {k: v for k, v in record.items() if k not in ERROR_KEYS}
             if not first:
@@ -139,14 +153,13 @@ def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int
             elif (plain, qspec, layout) != (first["plain"], first["qspec"], first["layout"]):
                 raise _Differs
             if "source_noise" in record and not first.get("checked"):
-                raise _Lowbit("float32" if arrays[1][1].dtype == np.float32 else "float16")
+                raise _Lowbit({np.float32: "float32", np.uint16: "bfloat16"}.get(arrays[1][1].dtype.type, "float16"))
             first["checked"] = True
             if any(k in record for k in ERROR_KEYS):
-                if len(errs) != 1:  # statistics this module cannot merge
+                if n_errs != 1:  # statistics this module cannot merge
                     raise _Differs
-                e = np.ascontiguousarray(errs[0], np.float32).reshape(-1)
-                sq.add(e * e)
-                biggest[0] = max(biggest[0], e.max())
+                sq.add(squares[0])
+                biggest[0] = max(biggest[0], squares[1])
             for store, (_, arr, _) in zip(held, arrays[1:]):
                 store.append(arr)
                 nbytes[0] += arr.nbytes
@@ -171,6 +184,25 @@ def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int
     return record, first["qspec"], nbytes[0]
 
 
+def ordered(fn: Callable, items: list):
+    """fn(item) for each item, in order, computed up to WORKERS at a time in threads; at most
+    WORKERS + 1 are running or waiting for the consumer. Abandoned early, the rest is cancelled."""
+    if WORKERS == 1 or len(items) < 2:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="rowblocks")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > WORKERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _drain(head: list, rest):
     """head's item, then rest's, holding none of them once handed on."""
     yield head.pop()
@@ -190,44 +222,42 @@ def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int) -> tuple[dict,
     size, reach, with_min = lowbit.GRIDS[t.src_type]
     starts = list(range(0, rows, step))
 
-    def dense_blocks():
-        for a in starts:
-            yield t.rows(a, min(a + step, rows)).dense()
-
-    steps = PairwiseSum(rows * cols // size, [a * cols // size for a in starts])
-    for w in dense_blocks():  # σ_src as lowbit.source_noise computes it
+    def squared_steps(a: int) -> np.ndarray:
+        w = t.rows(a, min(a + step, rows)).dense()
         x = w.reshape(len(w), cols // size, size).astype(np.float64)
         extent = (x.max(-1) - x.min(-1)) if with_min else np.abs(x).max(-1)
         st = extent / reach
-        steps.add((st * st).reshape(-1))
+        return (st * st).reshape(-1)
+
+    steps = PairwiseSum(rows * cols // size, [a * cols // size for a in starts])
+    for piece in ordered(squared_steps, starts):  # σ_src as lowbit.source_noise computes it
+        steps.add(piece)
     total = steps.total()
     noise = float(np.sqrt(total / np.intp(steps.n) / 12))
     limit = lowbit.TAU * noise
-    stride = max(1, rows // lowbit.SAMPLE_ROWS)
-    sample = np.concatenate([t.rows(i, i + 1).dense() for i in range(0, rows, stride)])
-    fitting = [(b, g) for b, g in lowbit.CANDIDATES if cols % g == 0]
+    sampled = range(rows)[lowbit.row_sample(rows)]
+    sample = np.concatenate([t.rows(i, i + 1).dense() for i in sampled])
     names = [name for name, _, _, _ in layout]
-    for k, (bits, group) in enumerate(fitting):
-        last = k == len(fitting) - 1
-        if not last:
-            trial = dequantize_affine(quantize_search(sample, bits, group, None, scale_dtype))
-            if _rms64(trial, sample) > lowbit.PRUNE * limit:
-                continue
+    for bits, group, last in lowbit.shortlist(sample, limit, scale_dtype):
         sq = PairwiseSum(rows * cols, [a * cols for a in starts])
         held: tuple[list, list] = ([], [])
         biggest = [np.float32(0)]
         result: dict = {}
 
+        def quantize_rows(a: int, bits=bits, group=group):
+            w = t.rows(a, min(a + step, rows)).dense()
+            aff = quantize_search(w, bits, group, None, scale_dtype)
+            back = dequantize_affine(aff)
+            d = (back - w).astype(np.float64)
+            return aff.packed(), aff.scales, aff.biases, (d * d).reshape(-1), np.abs(back - w).max()
+
         def packed():
-            for w in dense_blocks():
-                aff = quantize_search(w, bits, group, None, scale_dtype)
-                back = dequantize_affine(aff)
-                d = (back - w).astype(np.float64)
-                sq.add((d * d).reshape(-1))
-                biggest[0] = max(biggest[0], np.abs(back - w).max())
-                held[0].append(aff.scales)
-                held[1].append(aff.biases)
-                yield aff.packed()
+            for weight, scales, biases, squares, most in ordered(quantize_rows, starts):
+                sq.add(squares)
+                biggest[0] = max(biggest[0], most)
+                held[0].append(scales)
+                held[1].append(biases)
+                yield weight
             err = float(np.sqrt(sq.total() / np.intp(sq.n)))
             if not (err <= limit or last):
                 raise _Rejected
@@ -247,7 +277,3 @@ def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int) -> tuple[dict,
         return record, (bits, group), nbytes
     raise AssertionError("unreachable: the last candidate is always taken")
 
-
-def _rms64(a: np.ndarray, b: np.ndarray) -> float:
-    d = (a - b).astype(np.float64)  # as lowbit._rms
-    return float(np.sqrt(np.mean(d * d)))

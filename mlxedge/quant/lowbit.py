@@ -14,7 +14,9 @@ source made, so the total error against the original weights grows by at most �
 Candidates are tried from the fewest stored bits per weight up (bits 2-8 x group 128/64/32,
 float16 scale and bias per group); each is quantized with the unweighted scale search
 (`search.quantize_search`, never worse than MLX's round-to-nearest) and the first that meets the
-criterion wins. A cheap pass on a row sample skips candidates that are clearly too coarse.
+criterion wins. A cheap pass on a row sample (`shortlist`) skips candidates that are clearly too
+coarse: it first finds the fewest bits whose finest group passes on the sample (bisecting over
+the bit widths), since fewer bits or larger groups only add error, then samples the rest in order.
 """
 
 from __future__ import annotations
@@ -85,6 +87,46 @@ def _rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(d * d)))
 
 
+def row_sample(rows: int) -> slice:
+    """The rows of the pruning pass: every k-th row, about SAMPLE_ROWS of them."""
+    return slice(None, None, max(1, rows // SAMPLE_ROWS))
+
+
+def shortlist(sample: np.ndarray, limit: float, scale_dtype: str = "float16"):
+    """The candidates worth quantizing in full, in CANDIDATES order, as (bits, group, last):
+    those whose error on `sample` (rows of the tensor) is within PRUNE x `limit`, then the finest
+    (`last`, taken whatever its error). Lazy: a candidate is sampled only when the caller asks for
+    the next one after a full trial missed."""
+    cols = sample.shape[1]
+    fitting = [(b, g) for b, g in CANDIDATES if cols % g == 0]
+    finest_group = min(g for _, g in fitting)
+    memo: dict[tuple[int, int], bool] = {}
+
+    def passes(bits: int, group: int) -> bool:
+        if (bits, group) not in memo:
+            trial = dequantize_affine(quantize_search(sample, bits, group, None, scale_dtype))
+            memo[bits, group] = _rms(trial, sample) <= PRUNE * limit
+        return memo[bits, group]
+
+    # fewest bits whose finest group passes (fewer bits or a larger group only add error); the
+    # widest is tried first since Q6_K misses even there and then nothing else needs sampling
+    widths = sorted({b for b, _ in fitting})
+    lo, hi = 0, len(widths)  # widths[hi:] pass, widths[:lo] fail
+    if passes(widths[-1], finest_group):
+        hi = len(widths) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if passes(widths[mid], finest_group):
+                hi = mid
+            else:
+                lo = mid + 1
+    fewest = widths[hi] if hi < len(widths) else None
+    for k, (bits, group) in enumerate(fitting):
+        last = k == len(fitting) - 1
+        if last or (fewest is not None and bits >= fewest and passes(bits, group)):
+            yield bits, group, last
+
+
 def choose(w: np.ndarray, src_type: str, tau: float = TAU, scale_dtype: str = "float16") -> Choice:
     """The first of CANDIDATES whose error meets `RMS ≤ tau · σ_src`; 8-bit group 32 (the
     finest) when none does, its error recorded all the same. `scale_dtype`: of scales and biases
@@ -93,14 +135,7 @@ def choose(w: np.ndarray, src_type: str, tau: float = TAU, scale_dtype: str = "f
     rows, cols = w.shape
     noise = source_noise(w, src_type)
     limit = tau * noise
-    sample = w[:: max(1, rows // SAMPLE_ROWS)]
-    fitting = [(b, g) for b, g in CANDIDATES if cols % g == 0]
-    for k, (bits, group) in enumerate(fitting):
-        last = k == len(fitting) - 1
-        if not last:
-            trial = dequantize_affine(quantize_search(sample, bits, group, None, scale_dtype))
-            if _rms(trial, sample) > PRUNE * limit:
-                continue
+    for bits, group, last in shortlist(w[row_sample(rows)], limit, scale_dtype):
         aff = quantize_search(w, bits, group, None, scale_dtype)
         back = dequantize_affine(aff)
         err = _rms(back, w)

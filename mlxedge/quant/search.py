@@ -61,10 +61,21 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
         nonlocal err
         s_st, s_f = _stored(s, scale_dtype)
         b_st, b_f = _stored(b, scale_dtype)
-        safe = np.where(s_f == 0, np.float32(1), s_f)
-        qc = np.clip(np.rint((x - b_f[..., None]) / safe[..., None]), 0, top)
-        qc = np.where((s_f == 0)[..., None], 0, qc)
-        e = np.sum(imp * (qc * s_f[..., None] + b_f[..., None] - x) ** 2, axis=-1)
+        zero = s_f == 0
+        safe = np.where(zero, np.float32(1), s_f)[..., None]
+        s_f, b_f = s_f[..., None], b_f[..., None]
+        qc = np.subtract(x, b_f)  # the levels, in place: (rows, groups, group)
+        qc /= safe
+        np.rint(qc, out=qc)
+        np.clip(qc, 0, top, out=qc)
+        if zero.any():
+            qc[zero] = 0
+        r = qc * s_f  # the squared weighted residual, in place
+        r += b_f
+        r -= x
+        r *= r
+        r *= imp
+        e = np.sum(r, axis=-1)
         better = e < err
         if better.any():
             q[better], scales[better], biases[better] = qc[better], s_st[better], b_st[better]
@@ -75,10 +86,11 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
     for frac in SHRINK:
         s = np.maximum(2 * half * frac / top, np.float32(1e-7))
         consider(s, mid - half * frac)
+    sw, swx = imp.sum(-1), (imp * x).sum(-1)  # (1, groups), (rows, groups): independent of the levels
     for _ in range(refits):  # weighted least squares for (scale, bias) given the current levels
         s_f = _value(scales, scale_dtype)
-        sw, swq = imp.sum(-1), (imp * q).sum(-1)
-        swqq, swx, swqx = (imp * q * q).sum(-1), (imp * x).sum(-1), (imp * q * x).sum(-1)
+        iq = imp * q
+        swq, swqq, swqx = iq.sum(-1), (iq * q).sum(-1), (iq * x).sum(-1)
         det = sw * swqq - swq * swq
         ok = det > 1e-12 * np.maximum(sw * swqq, 1e-30)
         det = np.where(ok, det, 1)
