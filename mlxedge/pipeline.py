@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, rowblocks
-from .dtypes import NUMPY, round_bf16, to_bf16_bits
+from .dtypes import NUMPY, as_float32, round_bf16, to_bf16_bits
 from .formats.bundle import BundleWriter
 from .formats.source import FLOAT_TYPES, Source, SourceTensor
 from .progress import progress
@@ -67,7 +67,8 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
     if target.kind == "keep":
         aff = t.affine() if t.affine is not None else None
         # mlx-lm computes in the embedding's output dtype: float16 scales would run a model that
-        # needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact.
+        # needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact; the
+        # compact default rounds them to bfloat16 (docs/gguf.md: what that costs).
         wide_embedding = float_dtype == "bfloat16" and t.name == "model.embed_tokens.weight"
         if aff is not None and wide_embedding and aff.scales.dtype == np.float16:
             # (bfloat16 scales, from a bundle source, already fit)
@@ -75,8 +76,8 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
         if aff is not None:
             record["target"] = f"affine{aff.bits}g{aff.group_size}"
             record["exact"] = True
-            if not exact and not wide_embedding and t.src_type in K_QUANTS and aff.scales.dtype == np.float32:
-                _narrow_scales(aff, record, errors)
+            if not exact and aff.scales.dtype == np.float32 and (wide_embedding or t.src_type in K_QUANTS):
+                _narrow_scales(aff, record, errors, "bfloat16" if wide_embedding else "float16")
             return _affine_arrays(t.name, aff), record, (aff.bits, aff.group_size)
         if t.src_type in FLOAT_TYPES or not is_matrix(t.name, t.shape):
             x = t.dense()
@@ -85,7 +86,7 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
             record["target"] = dtype
             return [(t.name, arr, st)], record, None
         if not exact and lowbit.supported(t.src_type) and len(t.shape) == 2:
-            choice = lowbit.choose(t.dense(), t.src_type, scale_dtype="float32" if wide_embedding else "float16")
+            choice = lowbit.choose(t.dense(), t.src_type, scale_dtype="bfloat16" if wide_embedding else "float16")
             aff = choice.aff
             record.update(target=f"affine{aff.bits}g{aff.group_size}", max_abs_err=choice.max_abs_err,
                           rms_err=choice.rms_err, source_noise=choice.source_noise,
@@ -109,12 +110,16 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
     return _affine_arrays(t.name, aff), record, (target.bits, target.group_size)
 
 
-def _narrow_scales(aff: affine.Affine, record: dict, errors=None) -> None:
-    """float32 scales/biases (K-quant sub-blocks) -> float16, rounded to nearest, unless one
-    overflows; the error it makes against the exact form goes into `record`."""
-    with np.errstate(over="ignore"):
-        s16, b16 = aff.scales.astype(np.float16), aff.biases.astype(np.float16)
-    if not (np.isfinite(s16).all() and np.isfinite(b16).all()):
+def _narrow_scales(aff: affine.Affine, record: dict, errors=None, dtype: str = "float16") -> None:
+    """float32 scales/biases (K-quant sub-blocks, a wide embedding) -> `dtype` (float16 or
+    bfloat16, rounded to nearest), unless one overflows; the error it makes against the exact
+    form goes into `record`."""
+    if dtype == "bfloat16":
+        s16, b16 = to_bf16_bits(aff.scales), to_bf16_bits(aff.biases)
+    else:
+        with np.errstate(over="ignore"):
+            s16, b16 = aff.scales.astype(np.float16), aff.biases.astype(np.float16)
+    if not (np.isfinite(as_float32(s16)).all() and np.isfinite(as_float32(b16)).all()):
         return
     exact = aff.dequantize()
     aff.scales, aff.biases = s16, b16

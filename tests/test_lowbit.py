@@ -18,6 +18,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from mlxedge.convert import configure_parser, convert  # noqa: E402
+from mlxedge.dtypes import from_bf16_bits  # noqa: E402
 from mlxedge.formats import open_source  # noqa: E402
 from mlxedge.formats.bundle import read_config, read_weights  # noqa: E402
 from mlxedge.formats.source import SourceTensor  # noqa: E402
@@ -156,9 +157,10 @@ def test_default_is_smaller(kmix):
     assert size(default) < size(exact)
 
 
-def test_wide_embedding_keeps_float32_scales():
-    """Gemma (float dtype bfloat16): the embedding's K-quant scales stay float32 for range, and its
-    lowbit form too is chosen with float32 scales."""
+def test_wide_embedding_scales_bfloat16_by_default_float32_with_exact():
+    """Gemma (float dtype bfloat16): the embedding's scales need bfloat16's range. `--exact` keeps
+    its K-quant scales float32; the default rounds them to bfloat16 (BF16 in the bundle), with the
+    error that makes recorded, and chooses its lowbit form with bfloat16 scales too."""
     rng = np.random.default_rng(0)
     q = rng.integers(0, 16, (4, 64)).astype(np.uint8)
     s = (rng.random((4, 2)) * 1e-3).astype(np.float32)
@@ -166,14 +168,26 @@ def test_wide_embedding_keeps_float32_scales():
     dense = affine.dequantize_unpacked(q, s, b, 32)
     t = SourceTensor("model.embed_tokens.weight", (4, 64), "Q4_K", lambda: dense,
                      lambda: affine.Affine(q.copy(), s.copy(), b.copy(), 4, 32))
+
+    def scales(arrays):
+        return {n: (a, st) for n, a, st in arrays}["model.embed_tokens.scales"]
+
+    arrays, record, _ = _convert_tensor(t, KEEP, "bfloat16", exact=True)
+    assert scales(arrays)[0].dtype == np.float32 and record["exact"]
     arrays, record, _ = _convert_tensor(t, KEEP, "bfloat16", exact=False)
-    assert {n: a.dtype for n, a, _ in arrays}["model.embed_tokens.scales"] == np.float32 and record["exact"]
+    stored, st = scales(arrays)
+    assert stored.dtype == np.uint16 and st == "BF16" and not record["exact"]
+    got = affine.dequantize_unpacked(q, from_bf16_bits(stored),
+                                     from_bf16_bits({n: a for n, a, _ in arrays}["model.embed_tokens.biases"]), 32)
+    err = np.abs(got - dense)
+    assert 0 < err.max() == pytest.approx(record["max_abs_err"])
+    assert err.max() <= 2 ** -8 * np.abs(dense).max()  # bfloat16 keeps 8 significant bits
     arrays, _, _ = _convert_tensor(t, KEEP, "float16", exact=False)
-    assert {n: a.dtype for n, a, _ in arrays}["model.embed_tokens.scales"] == np.float16
+    assert scales(arrays)[0].dtype == np.float16
     x = rng.standard_normal((4, 256)).astype(np.float32)
     t6 = SourceTensor("model.embed_tokens.weight", (4, 256), "Q6_K", lambda: x, lambda: None)
     arrays, record, _ = _convert_tensor(t6, KEEP, "bfloat16", exact=False)
-    assert {n: a.dtype for n, a, _ in arrays}["model.embed_tokens.scales"] == np.float32 and "err_ratio" in record
+    assert scales(arrays)[1] == "BF16" and "err_ratio" in record
 
 
 def test_cli_exact_flag():
