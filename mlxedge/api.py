@@ -94,7 +94,7 @@ class Model:
 
 
 def load(path: str | Path, backend: str = "auto", quiet: bool = True) -> Model:
-    """Load a converted bundle directory or a `.gguf` file (converted once into the cache)."""
+    """Load a store name, a converted bundle directory or a `.gguf` file (converted once into the store)."""
     directory = modelcache.resolve(path, quiet=quiet)
     try:
         engine = make_engine(directory, backend)
@@ -103,8 +103,7 @@ def load(path: str | Path, backend: str = "auto", quiet: bool = True) -> Model:
     except OutOfMemory:
         raise  # the entry is good; this machine is short of memory
     except MlxEdgeError as e:
-        if not modelcache.is_entry(directory):
+        if not modelcache.discard(path, directory):  # never keep an entry that does not load as a good one
             raise
-        modelcache.discard(directory)  # never keep an entry that does not load as a good one
         raise MlxEdgeError(f"{path}: its converted copy in the cache failed to load and was removed "
                            f"(the next run converts it again): {e}") from None

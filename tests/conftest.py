@@ -8,6 +8,16 @@ import os
 # MLX's own threads on a 2-core machine made it 5-10x slower (measured).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import atexit
+import shutil
+import tempfile
+
+# The model store (which also caches `.gguf` paths' conversions) of the whole session, never the
+# developer's ~/.mlxedge; tests that look at a store set their own MLXEDGE_HOME.
+_HOME = tempfile.mkdtemp(prefix="mlxedge-test-home-")
+os.environ["MLXEDGE_HOME"] = _HOME
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+
 import json
 from pathlib import Path
 

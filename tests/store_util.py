@@ -28,9 +28,11 @@ def one_line_error(r: subprocess.CompletedProcess, command: str) -> str:
 
 
 def assert_consistent(home: Path) -> None:
-    """Every manifest's blobs are there and whole; no blob, model dir or work dir that nothing needs."""
+    """Every manifest's (and conversion cache entry's) blobs are there and whole; no blob, model dir or
+    work dir that nothing needs."""
     manifests = [json.loads(p.read_text()) for p in (home / "manifests").rglob("*.json")
                  if not p.name.startswith(".")] if (home / "manifests").is_dir() else []
+    manifests += [json.loads(p.read_text()) for p in (home / "cache").glob("*.json")]
     refs = set()
     for m in manifests:
         refs |= {f["digest"] for f in m["files"].values()}
@@ -43,3 +45,4 @@ def assert_consistent(home: Path) -> None:
     assert {p.name for p in (home / "models").glob("*")} <= ids
     assert not list((home / "tmp").glob("*")), list((home / "tmp").glob("*"))
     assert not list((home / "manifests").rglob(".*")) if (home / "manifests").is_dir() else True
+    assert not list((home / "cache").glob(".*"))

@@ -1,4 +1,4 @@
-"""`mlxedge generate` / `mlxedge chat` as a user runs them, and the GGUF -> bundle cache."""
+"""`mlxedge generate` / `mlxedge chat` as a user runs them, and the GGUF -> bundle cache (in the store)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlxedge import modelcache
+from mlxedge.store import cache as store_cache, layout
 from mlxedge.errors import MlxEdgeError
 from mlxedge.tokenizer import Tokenizer
 
@@ -107,7 +108,7 @@ def test_chat_ctrl_c_stops_the_reply_not_the_chat(tiny):
 @pytest.fixture
 def fake_convert(tiny, tmp_path, monkeypatch):
     """A .gguf whose conversion is replaced by a copy of the tiny bundle, counting conversions."""
-    monkeypatch.setenv("MLXEDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path / "home"))
     calls = []
 
     def convert(src, out, show_progress=False):
@@ -146,25 +147,37 @@ def test_changed_file_is_converted_again(fake_convert):
     gguf, calls = fake_convert
     first = modelcache.resolve(gguf)
     st = gguf.stat()
-    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: hashed again, the same bytes
+    assert modelcache.resolve(gguf) == first and len(calls) == 1
+    gguf.write_bytes(b"GGUF" + bytes(99) + b"x")  # new bytes
     second = modelcache.resolve(gguf)
     assert second != first and len(calls) == 2
     assert not first.exists()  # the stale entry is gone
 
 
-@pytest.mark.parametrize("damage", ["truncate", "no_manifest", "missing_file"])
+@pytest.mark.parametrize("damage", ["truncate", "no_manifest", "missing_blob"])
 def test_damaged_entry_is_rebuilt(fake_convert, damage):
     gguf, calls = fake_convert
     entry = modelcache.resolve(gguf)
     if damage == "truncate":
-        with open(entry / "model.safetensors", "r+b") as f:
+        with open(entry / "model.safetensors", "r+b") as f:  # a hardlink to the blob
             f.truncate(100)
     elif damage == "no_manifest":
-        (entry / modelcache.MANIFEST).unlink()  # as if killed before the entry was complete
+        store_cache.entry_path(os.path.realpath(gguf)).unlink()  # as if killed before the entry was complete
     else:
-        (entry / "tokenizer.json").unlink()
+        digest = store_cache.entry_of(gguf)["files"]["tokenizer.json"]["digest"]
+        layout.blob_path(digest).unlink()
     assert modelcache.resolve(gguf) == entry and len(calls) == 2
     assert modelcache.is_complete(entry)
+    assert layout.check_blob(store_cache.entry_of(gguf)["files"]["model.safetensors"]["digest"], rehash=True) is None
+
+
+def test_missing_link_is_relinked_without_converting(fake_convert):
+    gguf, calls = fake_convert
+    entry = modelcache.resolve(gguf)
+    (entry / "tokenizer.json").unlink()  # the materialized dir only links blobs: nothing to convert
+    assert modelcache.resolve(gguf) == entry and len(calls) == 1
+    assert (entry / "tokenizer.json").is_file() and modelcache.is_complete(entry)
 
 
 def test_failed_conversion_leaves_nothing(fake_convert, monkeypatch, tmp_path):
@@ -178,8 +191,8 @@ def test_failed_conversion_leaves_nothing(fake_convert, monkeypatch, tmp_path):
     monkeypatch.setattr(modelcache, "convert_gguf", broken)
     with pytest.raises(MlxEdgeError, match="unsupported"):
         modelcache.resolve(gguf)
-    models = tmp_path / "cache" / "models"
-    assert list(models.iterdir()) == []
+    home = tmp_path / "home"
+    assert [p for p in home.rglob("*") if p.is_file()] == []  # no entry, blob, work dir or lock file
 
 
 def test_real_gguf_second_run_hits_cache(tmp_path):
@@ -190,7 +203,7 @@ def test_real_gguf_second_run_hits_cache(tmp_path):
         gguf = assets.smollm2_gguf()
     except MlxEdgeError as e:
         pytest.skip(str(e))
-    env = {"MLXEDGE_CACHE": str(tmp_path / "cache")}
+    env = {"MLXEDGE_HOME": str(tmp_path / "home")}
     args = ["generate", "--model", str(gguf), "--prompt", "What is the capital of France?", "-m", "8",
             "--backend", "numpy", "--json"]
     first = run_cli(*args, env=env)

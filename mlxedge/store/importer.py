@@ -9,18 +9,17 @@ thing waits on the lock and finds the manifest; a crash leaves nothing a later `
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
 from .. import __version__
-from .. import convert as converter  # a module: convert -> planner -> modelcache -> store.lookup runs this package
+from .. import convert as converter  # a module: convert -> planner -> modelcache -> store.cache runs this package
 from ..errors import MlxEdgeError
 from ..formats import open_source
 from ..progress import progress
-from . import audit, catalogue, hub, layout, names
+from . import audit, cache, catalogue, hub, layout, names
 
 _SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.I)
 
@@ -55,39 +54,6 @@ def tree_sha256(path: Path) -> str:
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
         h.update(f"{p.relative_to(path).as_posix()}\0{layout.sha256_file(p)}\n".encode())
     return h.hexdigest()
-
-
-def model_id(m: dict) -> str:
-    """What makes two names the same model: the bundle files and the generation settings."""
-    keyed = {k: m.get(k) for k in ("files", "parameters", "system", "template")}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
-
-
-def bundle_info(bundle: Path) -> dict:
-    """Facts `list` and `show` print, read once from the converted bundle."""
-    meta = json.loads((bundle / "mlxedge.json").read_text())
-    config = json.loads((bundle / "config.json").read_text())
-    tc = bundle / "tokenizer_config.json"
-    has_template = (bundle / "chat_template.jinja").is_file() or \
-        (tc.is_file() and bool(json.loads(tc.read_text()).get("chat_template")))
-    text_cfg = config.get("text_config", config)
-    return {"architecture": config.get("model_type"), "parameter_count": meta.get("parameters"),
-            "bits_per_weight": meta.get("bits_per_weight"), "quantization": meta.get("recipe"),
-            "context_length": text_cfg.get("max_position_embeddings"), "chat_template": has_template,
-            "source_format": meta.get("source", {}).get("format")}
-
-
-def _reusable(kind: str, ref: str, sha: str | None, quant: str) -> dict | None:
-    """A manifest converted from the same bytes with the same recipe by this mlxedge version."""
-    for _, m in layout.manifests():
-        src = m.get("source", {})
-        if src.get("parameters_only"):
-            continue
-        same = src.get("sha256") == sha if sha else (src.get("kind"), src.get("ref")) == (kind, ref)
-        if same and m.get("recipe") == quant and m.get("mlxedge_version") == __version__ \
-                and all(layout.check_blob(f["digest"], f["size"]) is None for f in m["files"].values()):
-            return m
-    return None
 
 
 def _fetch(kind: str, ref: str, work: Path, quiet: bool) -> tuple[Path, str, bool]:
@@ -128,7 +94,7 @@ def _manifest(name: str, kind: str, ref: str, sha: str, quant: str, files: dict,
          "source": {"kind": kind, "ref": ref, "sha256": sha, "blob": source_blob}, "files": files, "info": info,
          "parameters": {}, "system": None, "template": None}
     m.update(extra or {})
-    m["id"] = model_id(m)
+    m["id"] = layout.model_id(m)
     return m
 
 
@@ -163,26 +129,31 @@ def _pull(kind: str, ref: str, name: str, quant: str, quiet: bool, extra: dict |
     key = hashlib.sha256(f"{kind}\0{ref}\0{quant}".encode()).hexdigest()[:24]
     with layout.lock(f"pull-{key}"):
         pinned = catalogue.CATALOGUE[ref].sha256 if kind == "catalogue" else None
-        if pinned and (base := _reusable(kind, ref, pinned, quant)) is not None:
+        if pinned and (base := cache.find(pinned, quant, __version__, named_only=True)) is not None:
             return _rename(base, name, extra)
         with layout.workdir() as work:
             src, sha, keep_source = _fetch(kind, ref, work, quiet)
-            if (base := _reusable(kind, ref, sha, quant)) is not None:
-                return _rename(base, name, extra)
-            layout.hook("pull:fetched")
-            if not quiet:
-                print(f"pulling {name}: converting {Path(src).name} ({quant}, once)", file=sys.stderr)
-            bundle = converter.convert(src, work / "bundle", quant=quant, show_progress=not quiet)
-            info = bundle_info(bundle)
-            with layout.lock("store", shared=True):
-                source_blob = layout.add_blob(src, sha)[0] if keep_source else None
-                files = {}
-                for p in sorted(bundle.iterdir()):
-                    digest, size = layout.add_blob(p)
-                    files[p.name] = {"digest": digest, "size": size}
-                    layout.hook("pull:blobs")
-                m = _manifest(name, kind, ref, sha, quant, files, source_blob, info, extra)
-                return commit(m)
+            with layout.lock(cache.convert_lock(sha, quant, __version__), remove=True):
+                base = cache.find(sha, quant, __version__)  # a name's or a cached path's conversion
+                if base is None:
+                    layout.hook("pull:fetched")
+                    if not quiet:
+                        print(f"pulling {name}: converting {Path(src).name} ({quant}, once)", file=sys.stderr)
+                    bundle = converter.convert(src, work / "bundle", quant=quant, show_progress=not quiet)
+                    info = layout.bundle_info(bundle)
+                with layout.lock("store", shared=True):
+                    source_blob = layout.add_blob(src, sha)[0] if keep_source else None
+                    if base is not None:
+                        if cache.damage(base) is not None:  # an rm in between
+                            raise MlxEdgeError(f"{base['name']}'s blobs went missing meanwhile; pull again")
+                        files, info = base["files"], base["info"]
+                    else:
+                        files = cache.add_bundle(bundle, hook="pull:blobs")
+                    m = _manifest(name, kind, ref, sha, quant, files, source_blob, info, extra)
+                    existing = layout.read_manifest(*names.parse(name))
+                    if existing and (existing["id"], existing["source"]) == (m["id"], m["source"]):
+                        return existing
+                    return commit(m)
 
 
 def _rename(base: dict, name: str, extra: dict | None) -> dict:
@@ -193,7 +164,7 @@ def _rename(base: dict, name: str, extra: dict | None) -> dict:
         m = {**base, "name": name, "modified": audit.now(), "parameters": {}, "system": None, "template": None,
              "from": None}
         m.update(extra or {})
-        m["id"] = model_id(m)
+        m["id"] = layout.model_id(m)
         existing = layout.read_manifest(*names.parse(name))
         if existing and existing.get("id") == m["id"]:
             return existing

@@ -3,6 +3,7 @@
     $MLXEDGE_HOME/
       blobs/sha256-<hex>            every source file and bundle file, once
       manifests/<name>/<tag>.json   name:tag -> bundle files (digests), source, recipe, parameters
+      cache/<key>.json              a `.gguf` loaded by path: its conversion, unnamed (cache.py)
       models/<id>/                  a manifest materialized as a bundle directory (hardlinks to blobs)
       verified/sha256-<hex>         size/inode/ctime of a blob when it last hashed right
       tmp/<random>/ + .lock         one per running operation; a lock nobody holds is debris
@@ -56,9 +57,12 @@ def hook(step: str) -> None:
 
 
 @contextlib.contextmanager
-def lock(name: str, shared: bool = False, blocking: bool = True) -> Iterator[bool]:
-    """An fcntl lock on locks/<name>.lock; yields False when non-blocking and someone else holds it."""
-    fd = os.open(sub("locks") / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+def lock(name: str, shared: bool = False, blocking: bool = True, remove: bool = False) -> Iterator[bool]:
+    """An fcntl lock on locks/<name>.lock; yields False when non-blocking and someone else holds it.
+    `remove`: the file is unlinked when released (for locks that only save duplicate work: a waiter
+    and a newcomer may then both go ahead, which a refused source leaving no file is worth)."""
+    path = sub("locks") / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
         try:
@@ -66,7 +70,12 @@ def lock(name: str, shared: bool = False, blocking: bool = True) -> Iterator[boo
         except BlockingIOError:
             yield False
             return
-        yield True
+        try:
+            yield True
+        finally:
+            if remove:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
     finally:
         os.close(fd)  # releases the lock
 
@@ -155,6 +164,26 @@ def write_json(path: Path, data: dict) -> None:
         raise
 
 
+def model_id(m: dict) -> str:
+    """What makes two names the same model: the bundle files and the generation settings."""
+    keyed = {k: m.get(k) for k in ("files", "parameters", "system", "template")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+
+
+def bundle_info(bundle: Path) -> dict:
+    """Facts `list` and `show` print, read once from the converted bundle."""
+    meta = json.loads((bundle / "mlxedge.json").read_text())
+    config = json.loads((bundle / "config.json").read_text())
+    tc = bundle / "tokenizer_config.json"
+    has_template = (bundle / "chat_template.jinja").is_file() or \
+        (tc.is_file() and bool(json.loads(tc.read_text()).get("chat_template")))
+    text_cfg = config.get("text_config", config)
+    return {"architecture": config.get("model_type"), "parameter_count": meta.get("parameters"),
+            "bits_per_weight": meta.get("bits_per_weight"), "quantization": meta.get("recipe"),
+            "context_length": text_cfg.get("max_position_embeddings"), "chat_template": has_template,
+            "source_format": meta.get("source", {}).get("format")}
+
+
 def manifest_path(name: str, tag: str) -> Path:
     return home() / "manifests" / name / f"{tag}.json"
 
@@ -199,10 +228,25 @@ def manifests() -> Iterator[tuple[str, dict]]:
         yield f"{path.parent.relative_to(root).as_posix()}:{path.stem}", data
 
 
+def cache_entries() -> Iterator[tuple[Path, dict]]:
+    """(file, manifest) for every valid entry of the conversion cache (cache/*.json, cache.py)."""
+    root = home() / "cache"
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            yield path, check_manifest(json.loads(path.read_text()), str(path))
+        except (OSError, ValueError, MlxEdgeError):
+            continue  # unreadable: `collect` removes it (a cache entry is only ever converted again)
+
+
+def _all_manifests() -> Iterator[dict]:
+    yield from (m for _, m in manifests())
+    yield from (m for _, m in cache_entries())
+
+
 def referenced() -> set[str]:
-    """Digests some manifest uses (bundle files and source blobs)."""
+    """Digests some manifest or cache entry uses (bundle files and source blobs)."""
     refs = set()
-    for _, m in manifests():
+    for m in _all_manifests():
         refs |= {f["digest"] for f in m.get("files", {}).values()}
         if m.get("source", {}).get("blob"):
             refs.add(m["source"]["blob"])
@@ -220,9 +264,24 @@ def collect() -> dict[str, int]:
     return removed
 
 
+def _drop_stale_cache_entries() -> None:
+    """Cache entries whose source file is gone, or that do not parse, and their temp files."""
+    root = home() / "cache"
+    valid = {path for path, _ in cache_entries()}
+    for path in root.glob("*.json") if root.is_dir() else []:
+        if path not in valid:
+            path.unlink(missing_ok=True)
+    for path, m in cache_entries():
+        if not os.path.exists(m["source"].get("ref") or ""):
+            path.unlink(missing_ok=True)
+    for tmp in root.glob(".*.json.*") if root.is_dir() else []:
+        tmp.unlink(missing_ok=True)
+
+
 def _collect_unlocked(removed: dict[str, int]) -> None:
+    _drop_stale_cache_entries()
     refs = referenced()
-    ids = {m.get("id") for _, m in manifests()}
+    ids = {m.get("id") for m in _all_manifests()}
     for blob in (home() / "blobs").glob("*"):
         if blob.name.removeprefix("sha256-") not in refs:
             blob.unlink(missing_ok=True)

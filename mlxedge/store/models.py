@@ -10,7 +10,8 @@ from ..errors import MlxEdgeError
 from ..progress import progress
 from . import audit, catalogue, layout, modelfile, names
 from .lookup import check_blob, get
-from .importer import commit, model_id, pull
+from .importer import commit, pull
+from .layout import model_id
 
 def default_model(quiet: bool = True) -> str:
     """The default model's name, pulled from its installed package on first use (never the network)."""
