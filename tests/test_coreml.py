@@ -172,7 +172,7 @@ def test_gguf_source_goes_through_the_cache(tmp_path, monkeypatch):
     """SRC may be a .gguf (here mistral, a fifth model_type): converted with `keep` via the cache."""
     from mlxedge import modelcache
     from mlxedge.export import export
-    monkeypatch.setenv("MLXEDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path / "home"))
     gguf = Path(__file__).parent / "fixtures" / "gguf" / "mistral-q4_1.gguf"
     out = export(gguf, tmp_path / "m.mlpackage", context=16, compute_precision="float32", quiet=True)
     model = numpy_backend.load(modelcache.resolve(gguf, quiet=True), mode="float32")

@@ -48,7 +48,7 @@ def run_all(path: Path, work: Path, commands=("inspect", "convert", "generate"),
         args = {"inspect": ["inspect", str(path)],
                 "convert": ["convert", str(path), "-o", str(out_parent / "out"), "--quiet"],
                 "generate": ["generate", "--model", str(path), "--prompt", "Hi", "-m", "2", "--quiet"]}[cmd]
-        env = {**os.environ, "MLXEDGE_CACHE": str(cache), "OPENBLAS_NUM_THREADS": "1"}
+        env = {**os.environ, "MLXEDGE_HOME": str(cache), "OPENBLAS_NUM_THREADS": "1"}
         procs[cmd] = (subprocess.Popen([sys.executable, "-m", "mlxedge", *args], cwd=out_parent, env=env,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                        text=True, errors="replace", preexec_fn=_cap(cap)),

@@ -47,7 +47,7 @@ def test_prompt_from_a_closed_stdin(tmp_path):
 
 
 def test_prompt_longer_than_the_context_is_refused(tmp_path):
-    env = {**os.environ, "MLXEDGE_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "MLXEDGE_HOME": str(tmp_path / "home")}
     proc = mlxedge("generate", "--model", str(TINY_GGUF), "--no-chat-template", "--quiet",
                    "-p", "hello world " * 300, env=env)
     lines = proc.stderr.splitlines()
@@ -56,7 +56,7 @@ def test_prompt_longer_than_the_context_is_refused(tmp_path):
 
 
 def test_generation_stops_at_the_end_of_the_context(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXEDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path / "home"))
     model = api.load(TINY_GGUF, backend="numpy")
     assert model.context_length == 256
     ids = (model.encode_prompt("hello world", chat_template=False) * 100)[:240]
