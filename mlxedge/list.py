@@ -1,4 +1,4 @@
-"""`mlxedge list [--json]`: the models in the store."""
+"""`mlxedge list [--json] [--cache]`: the models in the store (--cache: the `.gguf` conversions it caches)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,22 @@ def human_size(n: int) -> str:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON list")
+    p.add_argument("--cache", action="store_true",
+                   help="list the conversions of .gguf files loaded by path (unnamed; `mlxedge rm --cache` drops them)")
 
 
 def main(args: argparse.Namespace) -> int:
-    rows = store.list_models()
+    rows = store.cache.entries() if args.cache else store.list_models()
     if args.json:
         print(json.dumps(rows))
         return 0
-    table = [["NAME", "ID", "SIZE", "QUANTIZATION", "BITS/WEIGHT", "MODIFIED"]]
-    for r in rows:
+    if args.cache:
+        table = [["SOURCE", "ID", "SIZE", "RECIPE", "MLXEDGE", "MODIFIED"]]
+        table += [[r["source"], r["id"], human_size(r["size"]), str(r["recipe"]), str(r["mlxedge_version"]),
+                   (r["modified"] or "")[:19].replace("T", " ")] for r in rows]
+    else:
+        table = [["NAME", "ID", "SIZE", "QUANTIZATION", "BITS/WEIGHT", "MODIFIED"]]
+    for r in rows if not args.cache else []:
         bpw = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] is not None else "-"
         table.append([r["name"], r["id"], human_size(r["size"]), str(r["quantization"]), bpw,
                       (r["modified"] or "")[:19].replace("T", " ")])

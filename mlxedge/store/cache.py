@@ -181,11 +181,12 @@ def entries() -> list[dict]:
             for _, m in layout.cache_entries()]
 
 
-def clear() -> int:
-    """Drop every cache entry (blobs named models share stay); how many went."""
+def clear() -> tuple[int, int]:
+    """Drop every cache entry (the blobs named models share stay): (entries, blobs) removed."""
+    removed = {"blobs": 0, "tmp": 0, "models": 0}
     with layout.lock("store"):
         paths = list((layout.home() / "cache").glob("*.json")) if (layout.home() / "cache").is_dir() else []
         for p in paths:
             p.unlink(missing_ok=True)
-        layout._collect_unlocked({"blobs": 0, "tmp": 0, "models": 0})
-    return len(paths)
+        layout._collect_unlocked(removed)
+    return len(paths), removed["blobs"]
