@@ -33,6 +33,7 @@ COMMANDS = {
     "audit": ("audit", "summarize the store's audit log"),
     "export": ("export", "export a model as a stateful Core ML package (--to coreml)"),
     "serve": ("serve", "serve models over OpenAI- and Ollama-compatible HTTP APIs"),
+    "ps": ("ps", "list the models a running server has loaded"),
 }
 
 

@@ -83,7 +83,8 @@ async def ps(request: Request):
     for name, e in list(svc.registry.loaded.items()):
         size = sum(p.stat().st_size for p in e.model.path.glob("*.safetensors"))
         expires = e.expires_at
-        models.append({"name": name, "model": name, "size": size, "digest": "", "size_vram": 0,
+        digest = e.model.defaults.get("id") or ""  # a store model's id (names and cached .gguf paths)
+        models.append({"name": name, "model": name, "size": size, "digest": digest, "size_vram": 0,
                        "details": model_details(e.model.path),
                        "expires_at": datetime.fromtimestamp(expires or 4102444800, timezone.utc).isoformat(),
                        "context_length": e.model.context_length, "backend": e.model.backend,
