@@ -13,6 +13,7 @@ GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a681
 
 
 def cache_dir() -> Path:
+    """Where assembled assets go (`MLXEDGE_CACHE`); conversions live in the model store, not here."""
     return Path(os.environ.get("MLXEDGE_CACHE") or Path.home() / ".cache" / "mlxedge")
 
 

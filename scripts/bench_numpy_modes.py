@@ -1,6 +1,6 @@
 """Decode speed of the NumPy backend's weight modes against the memory-bandwidth bound.
 
-    OPENBLAS_NUM_THREADS=1 MLXEDGE_CACHE=/tmp/mlxedge-cache python scripts/bench_numpy_modes.py [--tokens 16]
+    OPENBLAS_NUM_THREADS=1 MLXEDGE_HOME=/tmp/mlxedge-home python scripts/bench_numpy_modes.py [--tokens 16]
 
 For SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M (mlxedge.assets), each mode loads in a fresh process
 and greedily decodes --tokens tokens after a short prompt. Bytes read per token are the weights

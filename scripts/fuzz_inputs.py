@@ -4,7 +4,7 @@
 
 Each case is a damaged copy of the SmolLM2 GGUF (or of a bundle converted from it), built in a temp
 dir just before its runs and removed after. Every command runs in a subprocess under a memory cap
-(RLIMIT_AS) and a timeout, with MLXEDGE_CACHE pointed at a fresh dir, and is classified:
+(RLIMIT_AS) and a timeout, with MLXEDGE_HOME (the store) at a fresh dir, and is classified:
 
     OK         exit 1, one `mlxedge CMD: error: ...` line on stderr, nothing left behind
                (intact_* controls: exit 0)
@@ -154,7 +154,7 @@ def run_case(name: str, sources: dict[str, str], work: str, timeout: float, mem:
                     "convert": ["convert", str(path), "-o", str(out_parent / "out"), "--quiet"],
                     "generate": ["generate", "--model", str(path), "--prompt", "Hi", "--max-tokens", "2",
                                  "--quiet"]}[cmd]
-            env = {**os.environ, "MLXEDGE_CACHE": str(cache), "OPENBLAS_NUM_THREADS": "1"}
+            env = {**os.environ, "MLXEDGE_HOME": str(cache), "OPENBLAS_NUM_THREADS": "1"}
             rc, err, secs = _mlxedge(args, env, timeout, mem, cwd=out_parent)
             debris = _debris(out_parent, cache, case_dir, before)
             result = classify(cmd, rc, err, name in CONTROLS, debris)
@@ -218,7 +218,7 @@ def main() -> int:
                               capture_output=True, text=True).stdout.strip()
         print(f"fuzz_inputs: {len(names)} cases from {args.gguf}, mlxedge from {code}", file=sys.stderr)
         if any(CASES[n][0] == "bundle" for n in names):
-            env = {**os.environ, "MLXEDGE_CACHE": str(Path(work) / "cache"), "OPENBLAS_NUM_THREADS": "1"}
+            env = {**os.environ, "MLXEDGE_HOME": str(Path(work) / "cache"), "OPENBLAS_NUM_THREADS": "1"}
             rc, err, _ = _mlxedge(["convert", args.gguf, "-o", sources["bundle"], "--quiet"], env, 600, mem,
                                   cwd=Path(work))
             if rc != 0:
