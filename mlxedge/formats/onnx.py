@@ -45,7 +45,10 @@ def read_onnx(path: str | Path) -> Source:
     if arch not in ONNX_TYPES:
         raise MlxEdgeError(f"unsupported architecture {arch!r} in {model_file.name}; "
                            f"supported: {', '.join(ONNX_TYPES)}")
-    weights = _split_fused(weights, config)
+    # types and ranges before anything is sized from them (the fused splits below)
+    archs.check_config(config, str(root / "config.json") if (root / "config.json").exists()
+                       else f"{model_file.name} (its config derived from genai_config.json)")
+    weights = _split_fused(weights, config, model_file.name)
     tied = _tie(weights)
     config["tie_word_embeddings"] = tied
     _check(weights, used, config, graph, model_file)
@@ -61,12 +64,30 @@ def read_onnx(path: str | Path) -> Source:
     def tensors() -> Iterator[SourceTensor]:
         for name in order:
             w = weights[name]
-            yield SourceTensor(name, w.shape, w.src_type, w.dense, w.affine, w.nbytes)
+            yield SourceTensor(name, w.shape, w.src_type, _shaped(name, w), w.affine, w.nbytes)
 
     return Source(path=source_path, format="onnx", config=config, tensors=tensors,
                   tokenizer_files=_tokenizer_files(root, model_file.parent),
                   generation_config=_generation_config(root, genai, config),
                   info=info, float_dtype=_float_dtype(graph))
+
+
+def _shaped(name: str, w: Weight):
+    """w.dense, asserting the shape the graph was checked for (a reader bug, never a user's file)."""
+    def dense() -> np.ndarray:
+        x = w.dense()
+        if tuple(x.shape) != tuple(w.shape):
+            raise MlxEdgeError(f"ONNX reader: {name} decoded to {list(x.shape)}, the graph says {list(w.shape)}")
+        return x
+    return dense
+
+
+def _obj(parent: dict, key: str, where: str) -> dict:
+    """parent[key] as a JSON object ({} when absent)."""
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        raise MlxEdgeError(f"{where}: {key} is {str(value)[:60]!r}, expected an object")
+    return value
 
 
 # -- locating the model ------------------------------------------------------------------------
@@ -80,7 +101,8 @@ def _locate(path: Path) -> tuple[Path, Path]:
         return path, root
     genai = path / "genai_config.json"
     if genai.exists():
-        name = read_json(genai).get("model", {}).get("decoder", {}).get("filename", "model.onnx")
+        model = _obj(read_json(genai), "model", genai.name)
+        name = _obj(model, "decoder", f"{genai.name} model").get("filename", "model.onnx")
         if not isinstance(name, str) or not (path / name).is_file():
             raise MlxEdgeError(f"{genai} names {name}, which is not in {path}")
         return path / name, path
@@ -124,10 +146,10 @@ def _config(root: Path, genai: Optional[dict], graph: OnnxGraph, weights: dict[s
 
 
 def _config_from_genai(genai: dict, graph: OnnxGraph, weights: dict[str, Weight]) -> dict:
-    model = genai.get("model", {})
-    dec = model.get("decoder", {})
+    model = _obj(genai, "model", "genai_config.json")
+    dec = _obj(model, "decoder", "genai_config.json model")
     gtype = model.get("type", "?")
-    if gtype not in GENAI_TYPES:
+    if not isinstance(gtype, str) or gtype not in GENAI_TYPES:
         raise MlxEdgeError(f"unsupported architecture {gtype!r} in genai_config.json; "
                            f"supported: {', '.join(GENAI_TYPES)}")
     try:
@@ -138,10 +160,15 @@ def _config_from_genai(genai: dict, graph: OnnxGraph, weights: dict[str, Weight]
     except KeyError as e:
         raise MlxEdgeError(f"genai_config.json lacks model.decoder/{e.args[0]}") from None
     down = weights.get("model.layers.0.mlp.down_proj.weight")
-    if down is None:
-        raise MlxEdgeError("ONNX graph has no model.layers.0.mlp.down_proj; cannot derive intermediate_size")
+    if down is None or len(down.shape) != 2:
+        raise MlxEdgeError("ONNX graph has no 2-D model.layers.0.mlp.down_proj; cannot derive intermediate_size")
     config["intermediate_size"] = down.shape[1]
     config["max_position_embeddings"] = model.get("context_length", 4096)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if key in model:
+            config[key] = model[key]
+    # the sizes' types and ranges before the RoPE table is read against head_dim
+    archs.check_config(config, f"{graph.path.name} (its config derived from genai_config.json)")
     config["rms_norm_eps"] = _norm_eps(graph)
     config["rope_theta"] = _rope_theta(graph, head_dim)
     for node in graph.nodes:
@@ -150,17 +177,18 @@ def _config_from_genai(genai: dict, graph: OnnxGraph, weights: dict[str, Weight]
     config["hidden_act"] = "silu"
     config["attention_bias"] = "model.layers.0.self_attn.qkv_proj.bias" in weights or \
         "model.layers.0.self_attn.q_proj.bias" in weights
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if key in model:
-            config[key] = model[key]
     return config
 
 
 def _norm_eps(graph: OnnxGraph) -> float:
     for node in graph.nodes:
         if node.op_type in ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization"):
+            eps = graph.attrs(node).get("epsilon", 1e-5)
+            if not isinstance(eps, (int, float)) or not 0 < eps < 1:
+                raise MlxEdgeError(f"{graph.path.name}: {node.op_type} node {node.name!r}: epsilon is "
+                                   f"{str(eps)[:40]!r}, expected a number in (0, 1)")
             # the attribute is a float32: its shortest repr is the value the exporter was given
-            return float(np.format_float_positional(np.float32(graph.attrs(node).get("epsilon", 1e-5)), unique=True))
+            return float(np.format_float_positional(np.float32(eps), unique=True))
     raise MlxEdgeError("no RMS norm node in the ONNX graph; cannot derive rms_norm_eps")
 
 
@@ -169,12 +197,21 @@ def _rope_theta(graph: OnnxGraph, head_dim: int) -> float:
     at position 1 the angle of column i is inv_freq[i] = base^(-2i / rotary_dim)."""
     if "cos_cache" not in graph.consts or "sin_cache" not in graph.consts:
         raise MlxEdgeError("no cos_cache/sin_cache in the ONNX graph and no config.json; cannot derive rope_theta")
-    cos, sin = (np.asarray(graph.consts[n].array(), np.float64) for n in ("cos_cache", "sin_cache"))
+    cos, sin = (graph.consts[n] for n in ("cos_cache", "sin_cache"))
+    if cos.dtype not in ("float32", "float16", "bfloat16") or cos.dtype != sin.dtype or cos.shape != sin.shape \
+            or len(cos.shape) != 2 or cos.shape[0] < 2 or cos.shape[1] < 2:
+        raise MlxEdgeError(f"{graph.path.name}: cos_cache {cos.dtype} {list(cos.shape)} / sin_cache {sin.dtype} "
+                           f"{list(sin.shape)}, expected two float tables of the same shape (positions >= 2, "
+                           "head_dim / 2)")
+    cos, sin = (np.asarray(c.array(), np.float64) for c in (cos, sin))
     half = cos.shape[1]
     if 2 * half != head_dim:
         raise MlxEdgeError(f"cos_cache covers {2 * half} of {head_dim} head dims (partial rotary); "
                            "add the model's config.json beside it")
     inv_freq = np.arctan2(sin[1], cos[1])  # (half,)
+    if not np.all(np.isfinite(inv_freq)) or not np.all(inv_freq > 0):
+        raise MlxEdgeError(f"{graph.path.name}: cos_cache/sin_cache row 1 holds no positive RoPE angles; "
+                           "add the model's config.json beside it")
     i = np.arange(half)
     slope, intercept = np.polyfit(i, np.log(inv_freq), 1)
     fit = np.exp(intercept + slope * i)
@@ -197,7 +234,7 @@ def _generation_config(root: Path, genai: Optional[dict], config: dict) -> dict:
     if (root / "generation_config.json").exists():
         return read_json(root / "generation_config.json")
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
-    search = (genai or {}).get("search", {})
+    search = _obj(genai or {}, "search", "genai_config.json")
     for key in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty"):
         if key in search:
             gen[key] = search[key]
@@ -216,22 +253,25 @@ def _tokenizer_files(root: Path, model_dir: Path) -> dict[str, dict]:
 
 # -- fused projections, tied embeddings, completeness ------------------------------------------
 
-def _split_fused(weights: dict[str, Weight], config: dict) -> dict[str, Weight]:
+def _split_fused(weights: dict[str, Weight], config: dict, model: str) -> dict[str, Weight]:
     """The genai builder fuses q/k/v into `qkv_proj` (rows q | k | v); mlx-lm wants them apart
     (except where mlx-lm keeps them fused too, as in phi3)."""
     if archs.get(config["model_type"]).FUSED:
         return weights
     hd = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     nq = config["num_attention_heads"] * hd
-    nkv = config.get("num_key_value_heads", config["num_attention_heads"]) * hd
+    nkv = (config.get("num_key_value_heads") or config["num_attention_heads"]) * hd
     out = {}
     for name, w in weights.items():
         if ".self_attn.qkv_proj." in name:
             if w.shape[0] != nq + 2 * nkv:
-                raise MlxEdgeError(f"{name} has {w.shape[0]} rows; the head counts say {nq} + 2 x {nkv}")
+                raise MlxEdgeError(f"{model}: {name} has {w.shape[0]} rows; the head counts say {nq} + 2 x {nkv}")
             for proj, (a, b) in (("q_proj", (0, nq)), ("k_proj", (nq, nq + nkv)), ("v_proj", (nq + nkv, nq + 2 * nkv))):
                 out[name.replace("qkv_proj", proj)] = w.rows(a, b)
         elif ".mlp.gate_up_proj." in name:
+            if w.shape[0] != 2 * config["intermediate_size"]:
+                raise MlxEdgeError(f"{model}: {name} has {w.shape[0]} rows; intermediate_size says "
+                                   f"2 x {config['intermediate_size']}")
             half = w.shape[0] // 2
             out[name.replace("gate_up_proj", "gate_proj")] = w.rows(0, half)
             out[name.replace("gate_up_proj", "up_proj")] = w.rows(half, w.shape[0])

@@ -7,6 +7,7 @@ files (`location`/`offset`/`length`), so nothing is loaded until a tensor is con
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ DTYPES = {
 }
 # Ops that only move or relabel a constant: a weight may sit behind any chain of them.
 LAYOUT_OPS = {"Identity", "Transpose", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Flatten"}
+MAX_CHAIN = 64  # layout ops in front of one weight (exporters write 1-3); a longer chain is a cycle
 
 
 @dataclass
@@ -49,7 +51,31 @@ class Const:
     @property
     def nbytes(self) -> int:
         bits = DTYPES.get(self.elem_type, (None, None, 8))[2]
-        return (int(np.prod(self.shape)) * bits + 7) // 8
+        return (math.prod(self.shape) * bits + 7) // 8
+
+    def check(self, model: str) -> None:
+        """Dimensions non-negative and the bytes the proto holds (or points to) exactly what the
+        dims and type take: checked when the graph is read, so that `array()` cannot fail later."""
+        if any(d < 0 for d in self.shape) or math.prod(self.shape) > 1 << 48:
+            raise MlxEdgeError(f"{model}: tensor {self.name} has dims {list(self.shape)}, expected sizes >= 0")
+        if self.elem_type not in DTYPES:
+            return  # refused where it is used (array()), so that an unused odd constant does no harm
+        p = self.proto
+        if p.data_location == 1:  # TensorProto.EXTERNAL
+            self._external_location(model)
+        elif p.HasField("raw_data"):
+            if len(p.raw_data) != self.nbytes:
+                raise MlxEdgeError(f"{model}: tensor {self.name} {self.dtype} {list(self.shape)} holds "
+                                   f"{len(p.raw_data)} bytes, expected {self.nbytes}")
+        else:
+            try:
+                n = self._typed_fields().size
+            except Exception as e:  # onnx's decoder raises several types on inconsistent protos
+                raise MlxEdgeError(f"{model}: tensor {self.name} {self.dtype} {list(self.shape)} cannot be "
+                                   f"decoded ({type(e).__name__})") from None
+            if n != math.prod(self.shape):
+                raise MlxEdgeError(f"{model}: tensor {self.name} holds {n} values, its dims "
+                                   f"{list(self.shape)} say {math.prod(self.shape)}")
 
     def array(self) -> np.ndarray:
         if self.elem_type not in DTYPES:
@@ -63,20 +89,32 @@ class Const:
             return self._typed_fields()
         return _decode(raw, self.elem_type, self.shape, self.name)
 
-    def _external(self) -> np.ndarray:
+    def _external_location(self, model: str) -> tuple[Path, int, int]:
+        """(file, offset, length) of external data, each checked against the file."""
         info = {e.key: e.value for e in self.proto.external_data}
         location = info.get("location", "")
         path = (self.folder / location).resolve()
         if not location or os.path.isabs(location) or self.folder.resolve() not in path.parents:
-            raise MlxEdgeError(f"ONNX tensor {self.name}: external data location {location!r} is outside the model folder")
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", self.nbytes))
+            raise MlxEdgeError(f"{model}: tensor {self.name}: external data location {location!r} is outside "
+                               "the model folder")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", self.nbytes))
+        except ValueError:
+            raise MlxEdgeError(f"{model}: tensor {self.name}: external data offset {info.get('offset')!r} / "
+                               f"length {info.get('length')!r}, expected integers") from None
+        if offset < 0 or length != self.nbytes:
+            raise MlxEdgeError(f"{model}: tensor {self.name} {self.dtype} {list(self.shape)} takes {self.nbytes} "
+                               f"bytes, its external data says offset {offset}, length {length}")
         if not path.is_file():
-            raise MlxEdgeError(f"ONNX external data file {location} is missing (needed by tensor {self.name})")
+            raise MlxEdgeError(f"{model}: external data file {location} is missing (needed by tensor {self.name})")
         size = path.stat().st_size
         if offset + length > size:
-            raise MlxEdgeError(f"ONNX external data {location} is truncated: tensor {self.name} needs bytes "
+            raise MlxEdgeError(f"{model}: external data {location} is truncated: tensor {self.name} needs bytes "
                                f"{offset}..{offset + length}, the file has {size}")
+        return path, offset, length
+
+    def _external(self) -> np.ndarray:
+        path, offset, length = self._external_location("ONNX model")
         if length == 0:
             return np.zeros(0, np.uint8)
         return np.memmap(path, np.uint8, mode="r", offset=offset, shape=(length,))
@@ -92,7 +130,7 @@ class Const:
 
 def _decode(raw: np.ndarray, elem_type: int, shape: tuple[int, ...], name: str) -> np.ndarray:
     _, npdt, bits = DTYPES[elem_type]
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     need = (n * bits + 7) // 8
     if raw.size < need:
         raise MlxEdgeError(f"ONNX tensor {name} is truncated ({raw.size} of {need} bytes)")
@@ -127,6 +165,8 @@ class OnnxGraph:
         self.producer: dict[str, object] = {}
         self.consumers: dict[str, list] = defaultdict(list)
         self._add_graph(self.model.graph)
+        for c in self.consts.values():
+            c.check(path.name)
 
     def _add_graph(self, graph) -> None:
         folder = self.path.parent
@@ -164,22 +204,30 @@ class OnnxGraph:
         chain = []
         while name not in self.consts:
             node = self.producer.get(name)
-            if node is None or node.op_type not in LAYOUT_OPS:
+            if node is None or node.op_type not in LAYOUT_OPS or not node.input:
                 break
+            self._deep(name, len(chain))
             chain.append(node)
             name = node.input[0]
         return name, chain[::-1]
 
-    def is_const(self, name: str) -> bool:
+    def _deep(self, name: str, depth: int) -> None:
+        if depth > MAX_CHAIN:
+            raise MlxEdgeError(f"{self.path.name}: the value {name!r} is computed by a cycle or a chain of over "
+                               f"{MAX_CHAIN} ops")
+
+    def is_const(self, name: str, depth: int = 0) -> bool:
+        self._deep(name, depth)
         start, _ = self.trace(name)
         if start in self.consts:
             return True
         node = self.producer.get(start)
         return node is not None and node.op_type == "DequantizeLinear" and all(
-            self.is_const(i) for i in node.input if i)
+            self.is_const(i, depth + 1) for i in node.input if i)
 
-    def value(self, name: str) -> Optional[np.ndarray]:
+    def value(self, name: str, depth: int = 0) -> Optional[np.ndarray]:
         """Fold a constant expression (constants through LAYOUT_OPS and DequantizeLinear) to NumPy."""
+        self._deep(name, depth)
         if not name:
             return None
         if name in self.consts:
@@ -188,37 +236,54 @@ class OnnxGraph:
         if node is None:
             return None
         if node.op_type == "DequantizeLinear":
-            x, s = self.value(node.input[0]), self.value(node.input[1])
+            x, s = self.value(node.input[0], depth + 1), self.value(node.input[1], depth + 1)
             if x is None or s is None:
                 return None
-            zp = self.value(node.input[2]) if len(node.input) > 2 else None
+            zp = self.value(node.input[2], depth + 1) if len(node.input) > 2 else None
             a = self.attrs(node)
             return dequantize_linear(x, s, zp, a.get("axis", 1), a.get("block_size", 0))
-        if node.op_type not in LAYOUT_OPS:
+        if node.op_type not in LAYOUT_OPS or not node.input:
             return None
-        x = self.value(node.input[0])
+        x = self.value(node.input[0], depth + 1)
+        if x is not None and node.op_type == "Reshape":
+            return x.reshape(self._reshaped(node, x.shape))
         return None if x is None else apply_layout_op(self, node, x)
 
-    def shape(self, name: str) -> Optional[tuple[int, ...]]:
+    def shape(self, name: str, depth: int = 0) -> Optional[tuple[int, ...]]:
         """Shape of a constant expression, without loading it."""
+        self._deep(name, depth)
         if name in self.consts:
             return self.consts[name].shape
         node = self.producer.get(name)
-        if node is None or node.op_type not in LAYOUT_OPS | {"DequantizeLinear"}:
+        if node is None or node.op_type not in LAYOUT_OPS | {"DequantizeLinear"} or not node.input:
             return None
-        shape = self.shape(node.input[0])
+        shape = self.shape(node.input[0], depth + 1)
         if shape is None or node.op_type in ("Identity", "Cast", "DequantizeLinear"):
             return shape
         if node.op_type == "Reshape":  # computed directly: reshaping a stand-in could copy
-            target = [int(d) for d in self.value(node.input[1])]
-            target = [shape[i] if d == 0 and not self.attrs(node).get("allowzero", 0) else d
-                      for i, d in enumerate(target)]
-            if -1 in target:
-                known = int(np.prod([d for d in target if d != -1]))
-                target[target.index(-1)] = int(np.prod(shape)) // max(known, 1)
-            return tuple(target)
+            return self._reshaped(node, shape)
         probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape, [0] * len(shape))
-        return tuple(apply_layout_op(self, node, probe).shape)  # a zero-stride stand-in: no copy
+        try:
+            return tuple(apply_layout_op(self, node, probe).shape)  # a zero-stride stand-in: no copy
+        except (ValueError, IndexError, TypeError, KeyError) as e:
+            raise MlxEdgeError(f"{self.path.name}: {node.op_type} node {node.name!r} cannot apply to its "
+                               f"{list(shape)} constant ({type(e).__name__}: {e})") from None
+
+    def _reshaped(self, node, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape a Reshape of a `shape` constant gives, checked as numpy's reshape would."""
+        target = self.value(node.input[1]) if len(node.input) > 1 else None
+        if target is None or target.ndim != 1 or target.dtype.kind not in "iu":
+            raise MlxEdgeError(f"{self.path.name}: Reshape node {node.name!r}: its shape input is not a "
+                               "constant 1-D integer tensor")
+        target = [shape[i] if d == 0 and not self.attrs(node).get("allowzero", 0) and i < len(shape) else int(d)
+                  for i, d in enumerate(target)]
+        known = math.prod(d for d in target if d != -1)
+        if target.count(-1) == 1 and known > 0 and math.prod(shape) % known == 0:
+            target[target.index(-1)] = math.prod(shape) // known
+        if any(d < 0 for d in target) or math.prod(target) != math.prod(shape):
+            raise MlxEdgeError(f"{self.path.name}: Reshape node {node.name!r} cannot reshape {list(shape)} "
+                               f"to {[int(d) for d in self.value(node.input[1])]}")
+        return tuple(target)
 
     def const_inputs(self, node) -> Iterator[str]:
         for i in node.input:

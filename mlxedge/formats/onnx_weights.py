@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import MlxEdgeError
 from ..quant.affine import Affine
 from ..quant import onnx_quant as oq
+from . import onnx_checks as checks
 from .onnx_graph import OnnxGraph
 
 FLOAT_SRC = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -119,11 +120,6 @@ def _rowblock_weight(rb_fn: Callable[[], oq.RowBlocks], shape, src_type, nbytes,
     return Weight(tuple(shape), src_type, lambda: rb_fn().dense(), lambda: rb_fn().affine(), nbytes, consts)
 
 
-def _const_dtype(graph: OnnxGraph, name: str) -> str:
-    start, _ = graph.trace(name)
-    return graph.consts[start].dtype if start in graph.consts else "float32"
-
-
 def _nbytes(graph: OnnxGraph, names) -> int:
     return sum(graph.consts[graph.trace(n)[0]].nbytes for n in names if n and graph.trace(n)[0] in graph.consts)
 
@@ -136,8 +132,8 @@ def matmul_nbits_weight(graph: OnnxGraph, node) -> Weight:
                            "permuted per block, which MLX affine cannot express - export without act_order")
     if a.get("weight_prepacked", 0):
         raise MlxEdgeError(f"MatMulNBits {node.name} holds GPU-prepacked weights; use the CPU export")
-    k, n, bits, block = a["K"], a["N"], a.get("bits", 4), a["block_size"]
-    sdt = _const_dtype(graph, ins[2])
+    k, n, bits, block = checks.matmul_nbits(graph, node)
+    sdt = checks.value_dtype(graph, ins[2])
 
     def rb():
         zp = graph.value(ins[3]) if ins[3] else None
@@ -147,26 +143,16 @@ def matmul_nbits_weight(graph: OnnxGraph, node) -> Weight:
 
 
 def gather_block_quantized_weight(graph: OnnxGraph, node) -> Weight:
-    a = graph.attrs(node)
     data, _, scales, *rest = list(node.input)
     zp_name = rest[0] if rest else ""
-    dtype = _const_dtype(graph, data)
-    if dtype not in ("uint8", "uint4", "int4"):
-        raise MlxEdgeError(f"GatherBlockQuantized {node.name}: {dtype} data is not supported (only 2/4/8-bit integers)")
-    shape = graph.shape(data)
-    if len(shape) != 2 or a.get("gather_axis", 0) != 0 or a.get("quantize_axis", 1) % 2 != 1:
-        raise MlxEdgeError(f"GatherBlockQuantized {node.name}: only 2-D tables gathered on axis 0 and "
-                           "quantized along axis 1 are supported")
-    bits = a.get("bits", 4) if dtype == "uint8" else 4
-    block = a.get("block_size", 128)
-    sdt = _const_dtype(graph, scales)
-    hidden = shape[1] * 8 // bits if dtype == "uint8" else shape[1]
+    rows, hidden, bits, block, dtype = checks.gather_block_quantized(graph, node)
+    sdt = checks.value_dtype(graph, scales)
 
     def rb():
         zp = graph.value(zp_name) if zp_name else None
         return oq.gather_block_quantized(graph.value(data), dtype, graph.value(scales), zp, bits, block, sdt)
     consts = frozenset(graph.trace(i)[0] for i in (data, scales, zp_name) if i)
-    return _rowblock_weight(rb, (shape[0], hidden), f"GatherBlockQuantized{bits}b{block}",
+    return _rowblock_weight(rb, (rows, hidden), f"GatherBlockQuantized{bits}b{block}",
                             _nbytes(graph, (data, scales, zp_name)), consts)
 
 
@@ -178,8 +164,8 @@ def matmul_integer_weight(graph: OnnxGraph, node) -> Weight:
     else:
         w, zp_name = node.input[1], node.input[3] if len(node.input) > 3 else ""
         scale_name = _matmul_integer_scale(graph, node)
-    qtype = _const_dtype(graph, w)
-    sdt = _const_dtype(graph, scale_name)
+    k, n, qtype = checks.matmul_integer(graph, node, scale_name, zp_name)
+    sdt = checks.value_dtype(graph, scale_name)
 
     def rb():
         zp = graph.value(zp_name) if zp_name else None
@@ -187,7 +173,6 @@ def matmul_integer_weight(graph: OnnxGraph, node) -> Weight:
         if rows is None:
             raise MlxEdgeError(f"{node.op_type} {node.name}: unsupported weight layout")
         return rows
-    k, n = graph.shape(w)
     consts = frozenset(graph.trace(i)[0] for i in (w, scale_name, zp_name) if i)
     return _rowblock_weight(rb, (n, k), f"MatMulInteger{oq.QTYPE_BITS.get(qtype, (0,))[0]}",
                             _nbytes(graph, (w, scale_name, zp_name)), consts)
@@ -230,10 +215,14 @@ def collect(graph: OnnxGraph) -> dict[str, Weight]:
         if w is not None and name not in found:  # merged decoders repeat nodes in both If branches
             found[name] = w
 
+    for node in graph.nodes:  # constant DequantizeLinear nodes, whoever reads them (weights, shapes)
+        if node.op_type == "DequantizeLinear" and node.output and graph.is_const(node.output[0]):
+            checks.dequantize_linear(graph, node)
     for node in graph.nodes:
         op, ins = node.op_type, list(node.input)
         if len(ins) < ARITY.get(op, 0):
-            raise MlxEdgeError(f"{op} node {node.name!r} has {len(ins)} inputs; the op takes at least {ARITY[op]}")
+            raise MlxEdgeError(f"{graph.path.name}: {op} node {node.name!r} has {len(ins)} inputs; "
+                               f"the op takes at least {ARITY[op]}")
         if op in ("MatMul", "Gemm", "FusedMatMul") and len(ins) > 1 and graph.is_const(ins[1]):
             mod = module_of(graph, node, ins[1])
             if mod is None:

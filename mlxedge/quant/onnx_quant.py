@@ -168,8 +168,7 @@ def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero_point: Optional[np.
     """ONNX DequantizeLinear in float32: per tensor, per axis or blocked along `axis`."""
     x = np.asarray(x)
     axis = axis % max(x.ndim, 1)
-    s = np.asarray(scale, np.float32)
-    zp = np.zeros_like(s) if zero_point is None else np.asarray(zero_point, np.float32)
+    s, zp = _one_shape(np.asarray(scale, np.float32), zero_point)
     if s.ndim == 1 and x.ndim > 1:  # per axis
         shape = [1] * x.ndim
         shape[axis] = -1
@@ -178,6 +177,17 @@ def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero_point: Optional[np.
         s = np.repeat(s, block_size, axis=axis).take(range(x.shape[axis]), axis=axis)
         zp = np.repeat(zp, block_size, axis=axis).take(range(x.shape[axis]), axis=axis)
     return (x.astype(np.float32) - zp) * s
+
+
+def _one_shape(s: np.ndarray, zero_point: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and float32 zero point of one shape: a one-element scale or zero point is a scalar
+    (per tensor), and a scalar beside a per-channel vector is repeated along it (MatMulInteger's
+    scale and zero point are separate inputs)."""
+    zp = np.zeros(s.shape, np.float32) if zero_point is None else np.asarray(zero_point, np.float32)
+    s, zp = (s.reshape(()) if s.size == 1 else s), (zp.reshape(()) if zp.size == 1 else zp)
+    if s.shape != zp.shape and (s.ndim == 0 or zp.ndim == 0):
+        s, zp = (np.array(a) for a in np.broadcast_arrays(s, zp))
+    return s, zp
 
 
 def linear_rows(x: np.ndarray, qtype: str, scale: np.ndarray, zero_point: Optional[np.ndarray],
@@ -191,8 +201,7 @@ def linear_rows(x: np.ndarray, qtype: str, scale: np.ndarray, zero_point: Option
     if qtype not in QTYPE_BITS or x.ndim != 2:
         return None
     bits, offset = QTYPE_BITS[qtype]
-    s = np.asarray(scale)
-    zp = np.zeros(s.shape, np.float32) if zero_point is None else np.asarray(zero_point, np.float32)
+    s, zp = _one_shape(np.asarray(scale), zero_point)
     axis = axis % 2
     if transposed:
         x, axis = x.T, 1 - axis
