@@ -94,6 +94,8 @@ def test_damaged_shared_blob_is_refused_by_name_and_repaired_by_path(home, capsy
     data = bytearray(blob.read_bytes())
     data[-10] ^= 0xFF
     blob.write_bytes(bytes(data))
+    assert {(row["model"], row["problem"]) for row in store.verify()} == {("tiny:q4", "changed"),
+                                                                         (os.path.realpath(TINY), "changed")}
     with pytest.raises(MlxEdgeError, match="is changed") as e:
         mlxedge.load("tiny:q4")
     assert "\n" not in str(e.value)

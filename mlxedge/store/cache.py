@@ -110,10 +110,12 @@ def _usable(m: dict | None, ident: dict, version: str, recipe: str) -> bool:
 def _bundle(path: Path, convert: Converter, version: str, recipe: str, quiet: bool) -> Path:
     ident = identity(path)
     m = read(ident["ref"])
-    if _usable(m, ident, version, recipe):
+    current = same_file(m, ident) and m.get("recipe") == recipe and m.get("mlxedge_version") == version
+    problem = damage(m) if current else None
+    if current and problem is None:
         return _loaded(m)
-    if same_file(m, ident) and m.get("recipe") == recipe and m.get("mlxedge_version") == version and not quiet:
-        print(f"{path}: its conversion's {damage(m)}; converting it again", file=sys.stderr)
+    if problem and not quiet:
+        print(f"{path}: its conversion's {problem}; converting it again", file=sys.stderr)
     sha = m["source"]["sha256"] if same_file(m, ident) else layout.sha256_file(ident["ref"])
     with layout.lock(convert_lock(sha, recipe, version), remove=True):
         m = read(ident["ref"])  # another process may have converted it meanwhile

@@ -134,8 +134,10 @@ def _with_template(base: dict, template: str, work: Path) -> dict:
 
 
 def verify(name: str | None = None) -> list[dict]:
-    """Re-hash every blob of `name` (all names when None); one row per blob missing or changed."""
-    selected = [(name and names.canonical(name), get(name))] if name else list(layout.manifests())
+    """Re-hash every blob of `name` (all names and conversion cache entries when None); one row per blob
+    missing or changed."""
+    selected = [(name and names.canonical(name), get(name))] if name else \
+        list(layout.manifests()) + [(m["name"], m) for _, m in layout.cache_entries()]
     problems, seen = [], {}
     total = sum(f["size"] for _, m in selected for f in m["files"].values())
     bar = progress(None, desc="verifying", unit="B", total=total)
