@@ -231,7 +231,10 @@ def test_matmul_nbits_blocks_that_do_not_match_their_shape(tmp_path):
      r"expected 128 \(N x blocks = 64 x 2\)"),
     ("optimum-q4-gather", "model.embed_tokens.weight_scales", [512, 1], 32,
      r"GatherBlockQuantized node '/model/embed_tokens/Gather_Q4': scales has shape \[512, 1\] \(512 values\), "
-     r"expected 1024 \(rows x blocks = 512 x 2; 64 columns, block_size 32\)"),
+     r"expected \[512, 2\] \(rows x blocks = 512 x 2; 64 columns, block_size 32\)"),
+    ("optimum-q4-gather", "model.embed_tokens.weight_scales", [16, 64], 32,
+     r"GatherBlockQuantized node '/model/embed_tokens/Gather_Q4': scales has shape \[16, 64\] \(1024 values\), "
+     r"expected \[512, 2\]"),
     ("optimum-qdq4-asym", "onnx::MatMul_732_DQ_scales", [1, 64], 32,
      r"DequantizeLinear node '/model/layers.0/self_attn/q_proj/MatMul_DQ_Q4': x_scale has shape \[1, 64\], "
      r"expected \[2, 64\] \(x \[64, 64\] in blocks of 32 along axis 0\)"),
@@ -244,8 +247,9 @@ def test_matmul_nbits_blocks_that_do_not_match_their_shape(tmp_path):
 ])
 def test_quantized_op_inputs_checked_against_their_shapes(variant, name, dims, bits, message, tmp_path):
     """Found by the campaign (inputs rewritten with consistent bytes): scales and zero points whose
-    shapes the op's decoding could not follow were reshape or broadcast errors during convert; each
-    quantized op's inputs are checked against the shapes they imply when the graph is read."""
+    shapes the op's decoding could not follow were reshape or broadcast errors during convert (the
+    [16, 64] scales hold the right count, 1024, in a layout GatherBlockQuantized does not take);
+    each quantized op's inputs are checked against the shapes they imply when the graph is read."""
     folder = onnx_copy(tmp_path, variant, lambda g: resize(g, name, dims, bits))
     refused(folder, tmp_path, "model.onnx: " + message)
 

@@ -69,13 +69,14 @@ def numel(shape: tuple[int, ...]) -> int:
 
 
 def expect(graph: OnnxGraph, node, role: str, shape, dtype: str, want_count: int, want_dtypes,
-           implied: str) -> None:
-    """`role` holds `want_count` elements of one of `want_dtypes`, as `implied` says."""
+           implied: str, want_shape: Optional[tuple[int, ...]] = None) -> None:
+    """`role` holds `want_count` elements of one of `want_dtypes` (in `want_shape`, when the op's
+    schema fixes one), as `implied` says."""
     if dtype not in want_dtypes:
         raise MlxEdgeError(f"{where(graph, node)}: {role} is {dtype}, expected {' or '.join(want_dtypes)}")
-    if numel(shape) != want_count:
+    if numel(shape) != want_count or want_shape is not None and tuple(shape) != want_shape:
         raise MlxEdgeError(f"{where(graph, node)}: {role} has shape {list(shape)} ({numel(shape)} values), "
-                           f"expected {want_count} ({implied})")
+                           f"expected {list(want_shape) if want_shape else want_count} ({implied})")
 
 
 def matmul_nbits(graph: OnnxGraph, node) -> tuple[int, int, int, int]:
@@ -126,12 +127,12 @@ def gather_block_quantized(graph: OnnxGraph, node) -> tuple[int, int, int, int, 
     n_blocks = -(-h // block)
     s_shape, s_dtype = const_input(graph, node, 2, "scales")
     expect(graph, node, "scales", s_shape, s_dtype, v * n_blocks, FLOATS,
-           f"rows x blocks = {v} x {n_blocks}; {h} columns, block_size {block}")
+           f"rows x blocks = {v} x {n_blocks}; {h} columns, block_size {block}", (v, n_blocks))
     if len(node.input) > 3 and node.input[3]:
         z_shape, z_dtype = const_input(graph, node, 3, "zero_points")
         per_row = -(-n_blocks * bits // 8) if dtype == "uint8" else n_blocks
         expect(graph, node, "zero_points", z_shape, z_dtype, v * per_row, (dtype,),
-               f"rows x {'packed bytes' if dtype == 'uint8' else 'blocks'} a row = {v} x {per_row}")
+               f"rows x {'packed bytes' if dtype == 'uint8' else 'blocks'} a row = {v} x {per_row}", (v, per_row))
     return v, h, bits, block, dtype
 
 
