@@ -37,6 +37,13 @@ COMMANDS = {
 }
 
 
+ENVIRONMENT = """environment:
+  MLXEDGE_CACHE         where GGUF files given to generate/chat/serve are converted, once
+                        (default ~/.cache/mlxedge; keyed by file and mlxedge version)
+  MLXEDGE_HOME          the local model store of pull/list/show/rm (default ~/.mlxedge)
+  OPENBLAS_NUM_THREADS  NumPy backend threads (default 1: faster on a shared CPU)"""
+
+
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM unwinds like Ctrl-C: a convert in progress removes its temp dir, the cache its
     half-built entry."""
@@ -45,7 +52,8 @@ def _on_sigterm(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="mlxedge", description="GGUF/ONNX/HF -> MLX, and run it.")
+    parser = argparse.ArgumentParser(prog="mlxedge", description="GGUF/ONNX/HF -> MLX, and run it.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():

@@ -70,3 +70,15 @@ def test_chat_help_tells_its_own_defaults():
     assert "(default 512)" in " ".join(out.split())
     assert "--no-chat-template" not in out
     assert "--no-chat-template" in mlxedge("generate", "--help").stdout
+
+
+def test_help_names_the_environment_variables(tmp_path):
+    """MLXEDGE_CACHE was documented nowhere a user would look; `mlxedge --help` names it, and it
+    does move the conversion cache."""
+    out = mlxedge("--help").stdout
+    assert "MLXEDGE_CACHE" in out and "MLXEDGE_HOME" in out
+    env = {**os.environ, "MLXEDGE_CACHE": str(tmp_path / "cache")}
+    proc = mlxedge("generate", "--model", str(TINY_GGUF), "--no-chat-template", "--quiet", "-p", "hi", "-m", "1",
+                   env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "cache" / "models").iterdir())
