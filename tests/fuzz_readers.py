@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -294,9 +295,8 @@ ONNX_EXPORTS = [HERE / "fixtures" / "onnx" / "tiny-llama" / n for n in (
 
 
 def onnx_model(data) -> None:
-    """Edit the ONNX export's model proto (an initializer's dims, type, bytes or external-data
-    reference; a node's op, inputs (another value of the graph, or any name) or attributes) or its
-    genai_config.json."""
+    """Edit the ONNX export's model proto (1-3 edits of an initializer's dims, type, bytes or
+    external-data reference; a node's op, inputs or attributes) or its genai_config.json."""
     import onnx  # heavy optional dependency, as in the reader
 
     def write(case: Path):
@@ -311,44 +311,76 @@ def onnx_model(data) -> None:
             return folder, False
         model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
         graph = model.graph
-        if data.draw(st.booleans()) and len(graph.initializer):
-            init = graph.initializer[data.draw(st.integers(0, len(graph.initializer) - 1))]
-            field = data.draw(st.sampled_from(["dims", "type", "bytes", "external", "consistent", "consistent"]))
-            if field == "consistent":  # other dims and type, with exactly the bytes they take
-                _consistent(init, data)
-            elif field == "dims" and len(init.dims):
-                init.dims[data.draw(st.integers(0, len(init.dims) - 1))] = data.draw(
-                    st.sampled_from([v for v in EDGE_INTS if -2**63 <= v < 2**63]))
-            elif field == "type":
-                init.data_type = data.draw(st.integers(0, 25))
-            elif field == "bytes" and init.raw_data:
-                init.raw_data = init.raw_data[: data.draw(st.integers(0, len(init.raw_data) - 1))]
+        for _ in range(data.draw(st.integers(1, 3))):
+            if data.draw(st.booleans()) and len(graph.initializer):
+                _mutate_initializer(graph.initializer[data.draw(st.integers(0, len(graph.initializer) - 1))], data)
             else:
-                del init.external_data[:]
-                init.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", data.draw(st.sampled_from(["model.onnx.data", "missing.bin",
-                                                                          "../escape.bin"]))),
-                                   ("offset", str(data.draw(st.sampled_from([0, 1, 2**40])))),
-                                   ("length", str(data.draw(st.sampled_from([0, 4, 2**40]))))):
-                    init.external_data.add(key=key, value=value)
-        else:
-            node = graph.node[data.draw(st.integers(0, len(graph.node) - 1))]
-            field = data.draw(st.sampled_from(["op", "input", "attribute"]))
-            if field == "op":
-                node.op_type = data.draw(st.sampled_from(["MatMul", "MatMulNBits", "Gather", "Add", "Foo"]))
-            elif field == "input" and len(node.input):
-                values = sorted({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output})
-                node.input[data.draw(st.integers(0, len(node.input) - 1))] = data.draw(st.sampled_from(values) | text)
-            elif len(node.attribute):
-                attr = node.attribute[data.draw(st.integers(0, len(node.attribute) - 1))]
-                if attr.type == onnx.AttributeProto.FLOAT:
-                    attr.f = data.draw(st.floats(width=32))
-                else:
-                    attr.i = data.draw(st.sampled_from([v for v in EDGE_INTS if -2**63 <= v < 2**63] + [4, 8, 16, 128]))
+                _mutate_node(graph, graph.node[data.draw(st.integers(0, len(graph.node) - 1))], data)
         # the bytes as they are: onnx.save would check (and refuse) some of the mutations
         (folder / "model.onnx").write_bytes(model.SerializeToString())
         return folder, False
     run("onnx_model", write)
+
+
+ONNX_OPS = ["MatMul", "MatMulNBits", "Gather", "GatherBlockQuantized", "DequantizeLinear", "MatMulInteger",
+            "DynamicQuantizeMatMul", "Reshape", "Transpose", "Cast", "Squeeze", "SimplifiedLayerNormalization",
+            "Add", "Foo"]
+ONNX_ATTRS = ["K", "N", "bits", "block_size", "axis", "axes", "perm", "to", "epsilon", "gather_axis",
+              "quantize_axis", "transB", "allowzero", "rotary_interleaved"]
+
+
+def _mutate_initializer(init, data) -> None:
+    """An initializer's dims, type, bytes, external-data reference, or a consistent rewrite."""
+    import onnx
+
+    field = data.draw(st.sampled_from(["dims", "type", "bytes", "external", "consistent", "consistent"]))
+    if field == "consistent":  # other dims and type, with exactly the bytes they take
+        _consistent(init, data)
+    elif field == "dims" and len(init.dims):
+        init.dims[data.draw(st.integers(0, len(init.dims) - 1))] = data.draw(
+            st.sampled_from([v for v in EDGE_INTS if -2**63 <= v < 2**63]))
+    elif field == "type":
+        init.data_type = data.draw(st.integers(0, 25))
+    elif field == "bytes" and init.raw_data:
+        init.raw_data = init.raw_data[: data.draw(st.integers(0, len(init.raw_data) - 1))]
+    else:
+        del init.external_data[:]
+        init.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", data.draw(st.sampled_from(["model.onnx.data", "missing.bin", "../escape.bin"]))),
+                           ("offset", str(data.draw(st.sampled_from([0, 1, 2**40, -1])))),
+                           ("length", str(data.draw(st.sampled_from([0, 4, 2**40, -4]))))):
+            init.external_data.add(key=key, value=value)
+
+
+def _mutate_node(graph, node, data) -> None:
+    """A node's op, an input (another value of the graph, or any name, or none), or an attribute
+    (changed, or added with an integer value)."""
+    import onnx
+
+    field = data.draw(st.sampled_from(["op", "input", "input", "drop_input", "attribute", "attribute", "add_attribute"]))
+    if field == "op":
+        node.op_type = data.draw(st.sampled_from(ONNX_OPS))
+    elif field == "input" and len(node.input):
+        values = sorted({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output})
+        node.input[data.draw(st.integers(0, len(node.input) - 1))] = data.draw(st.sampled_from(values) | text)
+    elif field == "drop_input" and len(node.input):
+        del node.input[data.draw(st.integers(0, len(node.input) - 1))]
+    elif field == "attribute" and len(node.attribute):
+        attr = node.attribute[data.draw(st.integers(0, len(node.attribute) - 1))]
+        if attr.type == onnx.AttributeProto.FLOAT:
+            attr.f = data.draw(st.floats(width=32))
+        elif attr.type == onnx.AttributeProto.INTS:
+            del attr.ints[:]
+            attr.ints.extend(data.draw(st.lists(st.sampled_from([-3, -1, 0, 1, 2, 3, 2**31]), max_size=4)))
+        else:
+            attr.i = data.draw(st.sampled_from([v for v in EDGE_INTS if -2**63 <= v < 2**63] + [4, 8, 16, 128]))
+    else:
+        name = data.draw(st.sampled_from(ONNX_ATTRS))
+        del_at = [i for i, a in enumerate(node.attribute) if a.name == name]
+        for i in reversed(del_at):
+            del node.attribute[i]
+        node.attribute.append(onnx.helper.make_attribute(name, data.draw(
+            st.sampled_from([-1, 0, 1, 2, 3, 4, 8, 16, 32, 64, 2**31]))))
 
 
 ONNX_BITS = {1: 32, 2: 8, 3: 8, 6: 32, 7: 64, 10: 16, 16: 16, 21: 4, 22: 4, 25: 2, 26: 2}
@@ -360,9 +392,9 @@ def _consistent(init, data) -> None:
     dims = data.draw(st.lists(st.sampled_from([0, 1, 2, 3, 4, 16, 32, 64, 128, 512]), max_size=3))
     if data.draw(st.booleans()):
         init.data_type = data.draw(st.sampled_from(sorted(ONNX_BITS)))
-    n = 1
-    for d in dims:
-        n *= d
+    while math.prod(dims) > 1 << 18:  # a few MB at most: the proto is built in memory, under the cap
+        dims.pop()
+    n = math.prod(dims)
     nbytes = (n * ONNX_BITS.get(init.data_type, 8) + 7) // 8
     del init.dims[:]
     init.dims.extend(dims)

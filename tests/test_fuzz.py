@@ -280,6 +280,34 @@ def test_onnx_external_data_offset_that_is_not_a_number(tmp_path):
     refused(folder, tmp_path, "tensor cos_cache: external data offset 'abc' / length '16384', expected integers")
 
 
+def test_onnx_cast_with_no_target_type_in_front_of_a_weight(tmp_path):
+    """Found by the campaign (seed 34): a Cast with no `to` attribute between a weight and its MatMul
+    passed the reader (a Cast keeps the shape) and was a KeyError when convert loaded the weight."""
+    onnx = pytest.importorskip("onnx")
+
+    def edit(graph):
+        matmul = next(n for n in graph.node if n.name == "/lm_head/MatMul")
+        graph.node.append(onnx.helper.make_node("Cast", [matmul.input[1]], ["cast"], name="/lm_head/Cast"))
+        matmul.input[1] = "cast"
+    folder = onnx_copy(tmp_path, "optimum-fp32", edit)
+    refused(folder, tmp_path, "model.onnx: Cast node '/lm_head/Cast' casts to None, expected one of the element types")
+
+
+def test_matmul_integer_whose_rescaling_mul_lost_an_input(tmp_path):
+    """Found by the campaign (seed 36): the Mul that rescales a MatMulInteger's output with one input
+    left was a StopIteration while the reader looked for the weight's scale."""
+    def edit(graph):
+        out = next(n for n in graph.node if n.name == "/model/layers.0/self_attn/q_proj/MatMul_quant").output[0]
+        users = [n for n in graph.node if out in n.input]
+        while users[0].op_type == "Cast":
+            out = users[0].output[0]
+            users = [n for n in graph.node if out in n.input]
+        del users[0].input[1 - list(users[0].input).index(out)]
+    folder = onnx_copy(tmp_path, "optimum-int8", edit)
+    refused(folder, tmp_path, "model.onnx: MatMulInteger node '/model/layers.0/self_attn/q_proj/MatMul_quant': "
+                              "cannot find its weight scale")
+
+
 def test_onnx_layout_op_that_feeds_itself(tmp_path):
     """Found by reading: a Transpose whose input is its own output sent the weight tracer round the
     loop forever; chains of layout ops are bounded."""

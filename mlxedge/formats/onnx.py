@@ -36,7 +36,7 @@ def read_onnx(path: str | Path) -> Source:
     graph = OnnxGraph(model_file)
     try:
         weights = {_hf_name(k): w for k, w in collect(graph).items()}
-    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError, ArithmeticError, StopIteration) as e:
         # the graph's structure is not what any exporter writes (fuzzing finds many such shapes)
         raise MlxEdgeError(f"{model_file.name}: malformed ONNX graph ({type(e).__name__}: {e})") from None
     used = set().union(*(w.consts for w in weights.values()))

@@ -258,6 +258,9 @@ class OnnxGraph:
         if node is None or node.op_type not in LAYOUT_OPS | {"DequantizeLinear"} or not node.input:
             return None
         shape = self.shape(node.input[0], depth + 1)
+        if node.op_type == "Cast" and self.attrs(node).get("to") not in DTYPES:
+            raise MlxEdgeError(f"{self.path.name}: Cast node {node.name!r} casts to {self.attrs(node).get('to')!r}, "
+                               f"expected one of the element types {sorted(DTYPES)}")
         if shape is None or node.op_type in ("Identity", "Cast", "DequantizeLinear"):
             return shape
         if node.op_type == "Reshape":  # computed directly: reshaping a stand-in could copy

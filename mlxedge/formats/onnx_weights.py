@@ -81,7 +81,7 @@ def _qdq_weight(graph: OnnxGraph, name: str, dq, chain: list, transpose: bool) -
     x_start, _ = graph.trace(dq.input[0])
     qc = graph.consts.get(x_start)
     if qc is None:
-        raise MlxEdgeError(f"DequantizeLinear {dq.name}: quantized input is not a constant")
+        raise MlxEdgeError(f"{checks.where(graph, dq)}: quantized input is not a constant")
     a = graph.attrs(dq)
     scale_start, _ = graph.trace(dq.input[1])
     scale_dtype = graph.consts[scale_start].dtype if scale_start in graph.consts else "float32"
@@ -128,10 +128,10 @@ def matmul_nbits_weight(graph: OnnxGraph, node) -> Weight:
     a = graph.attrs(node)
     ins = list(node.input) + [""] * (6 - len(node.input))
     if ins[4]:
-        raise MlxEdgeError(f"MatMulNBits {node.name} uses g_idx (act-order quantization); its columns are "
+        raise MlxEdgeError(f"{checks.where(graph, node)} uses g_idx (act-order quantization); its columns are "
                            "permuted per block, which MLX affine cannot express - export without act_order")
     if a.get("weight_prepacked", 0):
-        raise MlxEdgeError(f"MatMulNBits {node.name} holds GPU-prepacked weights; use the CPU export")
+        raise MlxEdgeError(f"{checks.where(graph, node)} holds GPU-prepacked weights; use the CPU export")
     k, n, bits, block = checks.matmul_nbits(graph, node)
     sdt = checks.value_dtype(graph, ins[2])
 
@@ -171,7 +171,7 @@ def matmul_integer_weight(graph: OnnxGraph, node) -> Weight:
         zp = graph.value(zp_name) if zp_name else None
         rows = oq.linear_rows(graph.value(w), qtype, graph.value(scale_name), zp, 1, 0, True, sdt)
         if rows is None:
-            raise MlxEdgeError(f"{node.op_type} {node.name}: unsupported weight layout")
+            raise MlxEdgeError(f"{checks.where(graph, node)}: unsupported weight layout")
         return rows
     consts = frozenset(graph.trace(i)[0] for i in (w, scale_name, zp_name) if i)
     return _rowblock_weight(rb, (n, k), f"MatMulInteger{oq.QTYPE_BITS.get(qtype, (0,))[0]}",
@@ -189,16 +189,16 @@ def _matmul_integer_scale(graph: OnnxGraph, node) -> str:
             out = user.output[0]
             continue
         if user.op_type == "Mul":
-            other = next(i for i in user.input if i != out)
-            if graph.is_const(other):
+            other = next((i for i in user.input if i != out), "")
+            if other and graph.is_const(other):
                 return other
-            combined = graph.producer.get(other)
+            combined = graph.producer.get(other) if other else None
             if combined is not None and combined.op_type == "Mul":
                 consts = [i for i in combined.input if graph.is_const(i)]
                 if len(consts) == 1:
                     return consts[0]
         break
-    raise MlxEdgeError(f"MatMulInteger {node.name}: cannot find its weight scale (expected Cast -> Mul after it)")
+    raise MlxEdgeError(f"{checks.where(graph, node)}: cannot find its weight scale (expected Cast -> Mul after it)")
 
 
 # inputs an op needs at the least (onnxruntime's contrib op schemas; ONNX's for the standard ones)
