@@ -224,8 +224,9 @@ def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int) -> tuple[dict,
 
     def squared_steps(a: int) -> np.ndarray:
         w = t.rows(a, min(a + step, rows)).dense()
-        x = w.reshape(len(w), cols // size, size).astype(np.float64)
-        extent = (x.max(-1) - x.min(-1)) if with_min else np.abs(x).max(-1)
+        x = w.reshape(len(w), cols // size, size)
+        # max/min in float32, then float64: the same values as lowbit.source_noise's float64 ones
+        extent = (x.max(-1).astype(np.float64) - x.min(-1)) if with_min else np.abs(x).max(-1).astype(np.float64)
         st = extent / reach
         return (st * st).reshape(-1)
 

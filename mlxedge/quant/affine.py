@@ -44,9 +44,10 @@ def pack(q: np.ndarray, bits: int) -> np.ndarray:
         return q.view(np.uint32).reshape(*lead, n // 4)
     if bits in (2, 4):
         per = 8 // bits
-        q = q.reshape(*lead, n // per, per).astype(np.uint8)
-        shifts = (np.arange(per, dtype=np.uint8) * bits)
-        packed = np.bitwise_or.reduce(q << shifts, axis=-1).astype(np.uint8)
+        q = q.reshape(*lead, n // per, per)
+        packed = q[..., 0].copy()  # (..., n // per): one byte, value k at bits k * bits (LSB first)
+        for k in range(1, per):  # (a reduce over an axis of 2 or 4 is ~10x slower than these ORs)
+            packed |= q[..., k] << np.uint8(k * bits)
         return packed.view(np.uint32).reshape(*lead, n * bits // 32)
     bitstream = np.unpackbits(q[..., None], axis=-1, count=bits, bitorder="little")  # (..., n, bits)
     packed = np.packbits(bitstream.reshape(*lead, n * bits), axis=-1, bitorder="little")

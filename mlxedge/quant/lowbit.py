@@ -76,8 +76,9 @@ def source_noise(w: np.ndarray, src_type: str) -> float:
     """σ_src of `w` (rows, cols), the exact dequantization of a `src_type` tensor (see module doc)."""
     size, reach, with_min = GRIDS[src_type]
     rows, cols = w.shape
-    x = np.asarray(w, np.float32).reshape(rows, cols // size, size).astype(np.float64)
-    extent = (x.max(-1) - x.min(-1)) if with_min else np.abs(x).max(-1)
+    x = np.asarray(w, np.float32).reshape(rows, cols // size, size)
+    # max and min are exact in float32; their difference is taken in float64
+    extent = (x.max(-1).astype(np.float64) - x.min(-1)) if with_min else np.abs(x).max(-1).astype(np.float64)
     step = extent / reach  # (rows, sub-blocks)
     return float(np.sqrt(np.mean(step * step) / 12))
 

@@ -57,14 +57,27 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
     s0, b0 = _value(scales, scale_dtype), _value(biases, scale_dtype)
     err = np.sum(imp * (q * s0[..., None] + b0[..., None] - x) ** 2, axis=-1)  # (rows, groups)
 
-    def consider(s: np.ndarray, b: np.ndarray) -> None:
+    def consider(s: np.ndarray, b: np.ndarray, ends: tuple | None = None) -> None:
+        """Take (s, b) for the groups where it has the smaller error. `ends`, the groups' (min,
+        max) for a candidate whose levels are clipped (s ≥ 0): a group whose extreme value alone
+        already errs as much as its best so far cannot gain, and is not computed."""
         nonlocal err
         s_st, s_f = _stored(s, scale_dtype)
         b_st, b_f = _stored(b, scale_dtype)
+        at = None  # (row, group) indices of the groups computed; None: all
+        if ends is not None:
+            floor = _clip_floor(s_f, b_f, *ends, top, imp_min)
+            at = np.nonzero(floor < err)
+            if not len(at[0]):
+                return
+            if 2 * len(at[0]) > err.size:  # (most groups: the gather costs more than it saves)
+                at = None
+        xs, ims, es = (x, imp, err) if at is None else (x[at], imp[0, at[1]], err[at])
+        s_f, b_f = (s_f, b_f) if at is None else (s_f[at], b_f[at])
         zero = s_f == 0
         safe = np.where(zero, np.float32(1), s_f)[..., None]
         s_f, b_f = s_f[..., None], b_f[..., None]
-        qc = np.subtract(x, b_f)  # the levels, in place: (rows, groups, group)
+        qc = np.subtract(xs, b_f)  # the levels, in place: (..., group)
         qc /= safe
         np.rint(qc, out=qc)
         np.clip(qc, 0, top, out=qc)
@@ -72,20 +85,26 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
             qc[zero] = 0
         r = qc * s_f  # the squared weighted residual, in place
         r += b_f
-        r -= x
+        r -= xs
         r *= r
-        r *= imp
+        r *= ims
         e = np.sum(r, axis=-1)
-        better = e < err
-        if better.any():
+        better = e < es
+        if not better.any():
+            return
+        if at is None:
             q[better], scales[better], biases[better] = qc[better], s_st[better], b_st[better]
             err = np.where(better, e, err)
+        else:
+            won = (at[0][better], at[1][better])
+            q[won], scales[won], biases[won], err[won] = qc[better], s_st[won], b_st[won], e[better]
 
     lo, hi = x.min(-1), x.max(-1)
     mid, half = (hi + lo) / 2, (hi - lo) / 2
+    imp_min = imp.min(-1)  # (1, groups)
     for frac in SHRINK:
         s = np.maximum(2 * half * frac / top, np.float32(1e-7))
-        consider(s, mid - half * frac)
+        consider(s, mid - half * frac, (lo, hi))
     sw, swx = imp.sum(-1), (imp * x).sum(-1)  # (1, groups), (rows, groups): independent of the levels
     for _ in range(refits):  # weighted least squares for (scale, bias) given the current levels
         s_f = _value(scales, scale_dtype)
@@ -98,6 +117,16 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
         b = np.where(ok, (swqq * swx - swq * swqx) / det, _value(biases, scale_dtype))
         consider(s.astype(np.float32), b.astype(np.float32))
     return affine.Affine(q.reshape(rows, cols).astype(np.uint8), scales, biases, bits, group)
+
+
+def _clip_floor(s_f, b_f, lo, hi, top, imp_min) -> np.ndarray:
+    """A lower bound of each group's weighted squared error under stored (s_f, b_f) ≥ 0, from its
+    extreme values alone, in the float32 steps `consider` takes: levels are clipped to [0, top],
+    so the group's max is rebuilt at most as top·s + b and its min at least as b. A sum of
+    non-negative float32 terms is at least its largest term, so this never exceeds `consider`'s e."""
+    over = np.minimum(top * s_f + b_f - hi, 0)  # (rows, groups): how far below the max the grid ends
+    under = np.maximum(b_f - lo, 0)  # how far above the min it starts
+    return np.maximum(over * over * imp_min, under * under * imp_min)
 
 
 def _value(stored: np.ndarray, dtype: str) -> np.ndarray:
