@@ -23,16 +23,19 @@ class Terminal(io.StringIO):
 
 
 def test_convert_prints_lines_when_stderr_is_a_pipe(tmp_path):
-    """A piped convert writes a start line and a done line, no carriage-return bar."""
+    """A piped convert writes a start line and a done line per stage (the tensors first), no
+    carriage-return bar."""
     proc = subprocess.run([sys.executable, "-m", "mlxedge", "convert", str(GGUF), "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 2, proc.stderr
     assert re.fullmatch(r"convert: (\d+) tensors \.\.\.", lines[0]), lines
     n = lines[0].split()[1]
     assert re.fullmatch(rf"convert: {n} tensors done in \d+\.\d s", lines[1]), lines
+    assert len(lines) % 2 == 0, lines
+    for start, done in zip(lines[2::2], lines[3::2]):  # later stages, each started and done
+        assert start.endswith(" ...") and re.fullmatch(re.escape(start[:-4]) + r" done in \d+\.\d s", done), lines
     assert proc.stdout.startswith(f"wrote {tmp_path / 'out'}")
 
 
