@@ -38,9 +38,10 @@ COMMANDS = {
 
 
 ENVIRONMENT = """environment:
-  MLXEDGE_CACHE         where GGUF files given to generate/chat/serve are converted, once
-                        (default ~/.cache/mlxedge; keyed by file and mlxedge version)
-  MLXEDGE_HOME          the local model store of pull/list/show/rm (default ~/.mlxedge)
+  MLXEDGE_HOME          the local model store: pulled models, and GGUF files given by path to
+                        generate/chat/serve, converted once (default ~/.mlxedge)
+  MLXEDGE_CACHE         where the test and benchmark model assets are assembled
+                        (default ~/.cache/mlxedge)
   OPENBLAS_NUM_THREADS  NumPy backend threads (default 1: faster on a shared CPU)"""
 
 

@@ -133,12 +133,13 @@ def exercise(path: Path, work: Path, gguf: bool) -> bool:
         ran = True
     except MlxEdgeError as e:
         check_message(e)
-        if not converted and gguf:
-            cache = Path(os.environ["MLXEDGE_CACHE"])
-            left = [str(p) for p in cache.rglob("*") if p.is_file()]
-            assert not left, f"a refused load left cache files {left}"
+        if not converted and gguf:  # a GGUF's conversion goes to the store (MLXEDGE_HOME)
+            left = [str(p) for var in ("MLXEDGE_HOME", "MLXEDGE_CACHE")
+                    for p in Path(os.environ[var]).rglob("*") if p.is_file()]
+            assert not left, f"a refused load left store or cache files {left}"
     shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(os.environ["MLXEDGE_CACHE"], ignore_errors=True)
+    for var in ("MLXEDGE_HOME", "MLXEDGE_CACHE"):
+        shutil.rmtree(os.environ[var], ignore_errors=True)
     return ran
 
 
@@ -146,6 +147,7 @@ def fresh_work() -> Path:
     work = Path(tempfile.mkdtemp(prefix="mlxedge-fuzz-"))
     (work / "case").mkdir()
     os.environ["MLXEDGE_CACHE"] = str(work / "cache")
+    os.environ["MLXEDGE_HOME"] = str(work / "home")
     return work
 
 

@@ -73,12 +73,12 @@ def test_chat_help_tells_its_own_defaults():
 
 
 def test_help_names_the_environment_variables(tmp_path):
-    """MLXEDGE_CACHE was documented nowhere a user would look; `mlxedge --help` names it, and it
-    does move the conversion cache."""
+    """MLXEDGE_CACHE was documented nowhere a user would look (and now no longer holds conversions):
+    `mlxedge --help` names the variables, and MLXEDGE_HOME does move where a GGUF is converted."""
     out = mlxedge("--help").stdout
     assert "MLXEDGE_CACHE" in out and "MLXEDGE_HOME" in out
-    env = {**os.environ, "MLXEDGE_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "MLXEDGE_HOME": str(tmp_path / "home")}
     proc = mlxedge("generate", "--model", str(TINY_GGUF), "--no-chat-template", "--quiet", "-p", "hi", "-m", "1",
                    env=env)
     assert proc.returncode == 0, proc.stderr
-    assert list((tmp_path / "cache" / "models").iterdir())
+    assert [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
