@@ -56,8 +56,8 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
                     errors=None):
     """-> (list of (name, array, st_dtype)), record dict, (bits, group_size) or None.
 
-    `errors(err)`, if given, receives the error array behind the record's max_abs_err / rms_err
-    (rowblocks merges them across row blocks).
+    `errors(err)`, if given, receives the error array behind the record's max_abs_err / rms_err,
+    which rowblocks computes once it has every row block's (the record holds None until then).
 
     `quantize(name, w, target) -> Affine` replaces MLX's round-to-nearest when the recipe has one.
     `exact=False` lets "keep" trade exactness for size (docs/gguf.md): K-quant scales in float16,
@@ -102,11 +102,8 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
         aff = quantize(t.name, x, target)
     else:
         aff = affine.quantize(x, target.bits, target.group_size, scale_dtype=target.dtype)
-    err = np.abs(aff.dequantize() - x)
-    if errors is not None:
-        errors(err)
-    record.update(target=f"affine{target.bits}g{target.group_size}",
-                  max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
+    record["target"] = f"affine{target.bits}g{target.group_size}"
+    _error_stats(np.abs(aff.dequantize() - x), record, errors)
     return _affine_arrays(t.name, aff), record, (target.bits, target.group_size)
 
 
@@ -129,9 +126,18 @@ def _narrow_scales(aff: affine.Affine, record: dict, errors=None, dtype: str = "
     err -= q
     err = np.abs(err, out=err).reshape(aff.q.shape)
     aff.scales, aff.biases = s16, b16
+    record["exact"] = False
+    _error_stats(err, record, errors)
+
+
+def _error_stats(err: np.ndarray, record: dict, errors=None) -> None:
+    """max_abs_err / rms_err of `err` into `record`; with `errors` (row blocks), `err` goes there
+    instead and the keys wait for the whole tensor's values (rowblocks merges them)."""
     if errors is not None:
         errors(err)
-    record.update(exact=False, max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
+        record.update(max_abs_err=None, rms_err=None)
+    else:
+        record.update(max_abs_err=float(err.max()), rms_err=float(np.sqrt(np.mean(err * err))))
 
 
 def _affine_arrays(name: str, aff: affine.Affine):

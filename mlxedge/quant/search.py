@@ -55,7 +55,14 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
     q = best.q.reshape(x.shape).astype(np.float32)
     scales, biases = best.scales.copy(), best.biases.copy()
     s0, b0 = _value(scales, scale_dtype), _value(biases, scale_dtype)
-    err = np.sum(imp * (q * s0[..., None] + b0[..., None] - x) ** 2, axis=-1)  # (rows, groups)
+    r = q * s0[..., None]  # the weighted squared residual, in place (as `consider` computes it)
+    r += b0[..., None]
+    r -= x
+    r *= r
+    r *= imp
+    err = np.sum(r, axis=-1)  # (rows, groups)
+    del r
+    own = np.zeros(err.shape, bool)  # the group's best levels come from `consider`
 
     def consider(s: np.ndarray, b: np.ndarray, ends: tuple | None = None) -> None:
         """Take (s, b) for the groups where it has the smaller error. `ends`, the groups' (min,
@@ -64,14 +71,16 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
         nonlocal err
         s_st, s_f = _stored(s, scale_dtype)
         b_st, b_f = _stored(b, scale_dtype)
-        at = None  # (row, group) indices of the groups computed; None: all
+        # a group whose best came from this function with this stored (scale, bias) would get the
+        # same levels and error again: not computed (RTN's levels come from its unrounded step)
+        todo = ~own | (s_st != scales) | (b_st != biases)  # (rows, groups)
         if ends is not None:
-            floor = _clip_floor(s_f, b_f, *ends, top, imp_min)
-            at = np.nonzero(floor < err)
-            if not len(at[0]):
-                return
-            if 2 * len(at[0]) > err.size:  # (most groups: the gather costs more than it saves)
-                at = None
+            todo &= _clip_floor(s_f, b_f, *ends, top, imp_min) < err
+        at = np.nonzero(todo)  # (row, group) indices of the groups computed (None below: all)
+        if not len(at[0]):
+            return
+        if 2 * len(at[0]) > err.size:  # (most groups: the gather costs more than it saves)
+            at = None
         xs, ims, es = (x, imp, err) if at is None else (x[at], imp[0, at[1]], err[at])
         s_f, b_f = (s_f, b_f) if at is None else (s_f[at], b_f[at])
         zero = s_f == 0
@@ -95,9 +104,11 @@ def quantize_search(w: np.ndarray, bits: int, group: int, importance: np.ndarray
         if at is None:
             q[better], scales[better], biases[better] = qc[better], s_st[better], b_st[better]
             err = np.where(better, e, err)
+            own[better] = True
         else:
             won = (at[0][better], at[1][better])
             q[won], scales[won], biases[won], err[won] = qc[better], s_st[won], b_st[won], e[better]
+            own[won] = True
 
     lo, hi = x.min(-1), x.max(-1)
     mid, half = (hi + lo) / 2, (hi - lo) / 2
