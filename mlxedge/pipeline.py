@@ -16,7 +16,7 @@ from . import __version__, rowblocks
 from .dtypes import NUMPY, as_float32, round_bf16, to_bf16_bits
 from .formats.bundle import BundleWriter
 from .formats.source import FLOAT_TYPES, Source, SourceTensor
-from .progress import progress
+from .progress import progress, stage
 from .quant import affine, lowbit
 from .quant.recipes import FALLBACK, Recipe, Target, is_matrix
 from .safetensors import bits_per_weight
@@ -185,24 +185,25 @@ def convert_source(source: Source, out: str | Path, recipe: Recipe, force: bool 
                 modules[t.name[: -len(".weight")]] = qspec
                 if qspec:
                     weight_counts[qspec] += t.numel
-        config = dict(source.config)
-        if weight_counts:
-            config["quantization"] = config["quantization_config"] = quantization_config(modules, weight_counts)
-        w.write_json("config.json", config)
-        for fname, obj in source.tokenizer_files.items():
-            w.write_json(fname, obj)
-        w.write_json("generation_config.json", source.generation_config)
-        w.write_json("mlxedge.json", {
-            "mlxedge_version": __version__,
-            "source": {"path": str(Path(source.path).resolve()), "format": source.format,
-                       "sha256": source.sha256(), **source.info},
-            "recipe": recipe.name,
-            "parameters": n_params,
-            "bits_per_weight": round(bits_per_weight(stored_bits, n_params), 4),
-            "tensors": tensors,
-            **({"recipe_info": recipe.info} if recipe.info else {}),
-        })
-        return w.commit()
+        with stage("convert: writing config, tokenizer and mlxedge.json", disable=not show_progress):
+            config = dict(source.config)
+            if weight_counts:
+                config["quantization"] = config["quantization_config"] = quantization_config(modules, weight_counts)
+            w.write_json("config.json", config)
+            for fname, obj in source.tokenizer_files.items():
+                w.write_json(fname, obj)
+            w.write_json("generation_config.json", source.generation_config)
+            w.write_json("mlxedge.json", {
+                "mlxedge_version": __version__,
+                "source": {"path": str(Path(source.path).resolve()), "format": source.format,
+                           "sha256": source.sha256(), **source.info},
+                "recipe": recipe.name,
+                "parameters": n_params,
+                "bits_per_weight": round(bits_per_weight(stored_bits, n_params), 4),
+                "tensors": tensors,
+                **({"recipe_info": recipe.info} if recipe.info else {}),
+            })
+            return w.commit()
 
 
 def quantization_config(modules: dict[str, tuple[int, int] | None], weight_counts: Counter) -> dict:
