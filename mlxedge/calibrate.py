@@ -83,7 +83,7 @@ class Instrumented:
         self.model = np_backend.load(Path(directory), mode="float32")  # dense weights: probes edit them
         self.sums: dict[str, np.ndarray] = {}
         self.recorders: list[_Recorder] = []
-        # weight name -> (W.T array (in, out...), column slice, block index)
+        # weight name -> (W array (out..., in), row slice, block index)
         self.slots: dict[str, tuple[np.ndarray, slice, int]] = {}
 
         def wrap(obj, layer: int, seen: set) -> None:
@@ -92,13 +92,13 @@ class Instrumented:
             seen.add(id(obj))
             for key, val in list(vars(obj).items()):
                 if isinstance(val, Linear) and val.name is not None:
-                    self.slots[f"{val.name}.weight"] = (val.wt, slice(0, val.out_features), layer)
+                    self.slots[f"{val.name}.weight"] = (val.w, slice(0, val.out_features), layer)
                     rec = _Recorder(val, [f"{val.name}.weight"], self.sums)
                 elif isinstance(val, Fused) and val.one is not None:
                     names, start = [], 0
                     for part, n in zip(val.parts, val.sizes):
                         names.append(f"{part.name}.weight")
-                        self.slots[names[-1]] = (val.one.wt, slice(start, start + n), layer)
+                        self.slots[names[-1]] = (val.one.w, slice(start, start + n), layer)
                         start += n
                     rec = _Recorder(val, names, self.sums)
                 elif type(val).__module__.startswith("mlxedge.backends.numpy") and hasattr(val, "__dict__"):
@@ -112,10 +112,10 @@ class Instrumented:
         for i, block in enumerate(self.model.blocks):
             wrap(block, i, set())
         m = self.model
-        tied = m.embed.table_t is not None and m.lm_head.wt is m.embed.table_t
+        tied = m.embed.table is not None and m.lm_head.w is m.embed.table
         self.head_name = EMBED if tied else f"{m.lm_head.name or 'lm_head'}.weight"
         self.embed_table: np.ndarray | None = None  # replacements (see `replace`)
-        self.head_t: np.ndarray | None = None
+        self.head_w: np.ndarray | None = None
         self._saved: dict[str, np.ndarray] = {}
 
     def record(self, on: bool) -> None:
@@ -132,10 +132,10 @@ class Instrumented:
         m = self.model
         if name in self.slots:
             arr, sl, _ = self.slots[name]
-            return np.ascontiguousarray(arr[:, sl].T)
+            return arr[sl].copy()
         if name == EMBED:
-            return m.embed.table if m.embed.table is not None else np.ascontiguousarray(m.embed.table_t.T)
-        return np.ascontiguousarray(m.lm_head.wt.T)
+            return m.embed.table
+        return m.lm_head.w
 
     def replace(self, weights) -> None:
         """Use these (out, in) weights (a dict or (name, weight) pairs) instead of the model's,
@@ -143,19 +143,19 @@ class Instrumented:
         for name, w in (weights.items() if isinstance(weights, dict) else weights):
             if name in self.slots:
                 arr, sl, _ = self.slots[name]
-                self._saved.setdefault(name, arr[:, sl].copy())
-                arr[:, sl] = w.T
+                self._saved.setdefault(name, arr[sl].copy())
+                arr[sl] = w
             if name == EMBED:
                 self.embed_table = w
             if name == self.head_name:
-                self.head_t = np.ascontiguousarray(w.T)
+                self.head_w = np.ascontiguousarray(w, dtype=np.float32)
 
     def restore(self) -> None:
         for name, saved in self._saved.items():
             arr, sl, _ = self.slots[name]
-            arr[:, sl] = saved
+            arr[sl] = saved
         self._saved.clear()
-        self.embed_table = self.head_t = None
+        self.embed_table = self.head_w = None
 
     # the model's own steps (NumpyModel.forward is built from them), with the replacements applied
     def embed(self, ids: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
@@ -165,9 +165,9 @@ class Instrumented:
         cache = KVCache(len(self.model.blocks))  # offset 0: the chunk is the whole sequence
         return self.model.norm(self.model.run_blocks(h, cache, start, keep))  # (T, hidden), the head's input
 
-    def logprobs(self, hn: np.ndarray, head_t: np.ndarray | None = None) -> np.ndarray:
-        """log-softmax of the logits for normed hidden states hn (P, hidden); head_t (hidden, V)."""
-        return log_softmax(self.model.head(hn, head_t if head_t is not None else self.head_t))
+    def logprobs(self, hn: np.ndarray, head_w: np.ndarray | None = None) -> np.ndarray:
+        """log-softmax of the logits for normed hidden states hn (P, hidden); head_w (V, hidden)."""
+        return log_softmax(self.model.head(hn, head_w if head_w is not None else self.head_w))
 
 
 def probe_option(shape: tuple, probe: tuple[int, int]) -> tuple[int, int]:
@@ -208,10 +208,10 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
         if name in net.slots:
             arr, sl, layer = net.slots[name]
             opt = probe_option(w.shape, probe)
-            saved = arr[:, sl].copy()
-            arr[:, sl] = quantize(w, *opt, net.sums[name] / n_tokens).T
+            saved = arr[sl].copy()
+            arr[sl] = quantize(w, *opt, net.sums[name] / n_tokens)
             kl = measure(lambda c: net.logprobs(net.blocks(c[1][layer], layer)[c[4]]))
-            arr[:, sl] = saved
+            arr[sl] = saved
             uses.append(Use("linear", (net.sums[name] / n_tokens).astype(np.float32), opt, kl))
         if name == EMBED:
             opt = probe_option(w.shape, probe)
@@ -221,8 +221,8 @@ def calibrate(directory: str | Path, chunks: list[np.ndarray], quantize: Quantiz
         if name == net.head_name:
             imp = (head_sum / n_tokens).astype(np.float32)
             opt = probe_option(w.shape, probe)
-            head_t = np.ascontiguousarray(quantize(w, *opt, imp).T)
-            kl = measure(lambda c: net.logprobs(c[2], head_t))
+            head_w = quantize(w, *opt, imp)
+            kl = measure(lambda c: net.logprobs(c[2], head_w))
             uses.append(Use("head", imp, opt, kl))
         cal.uses[name] = uses
     return cal

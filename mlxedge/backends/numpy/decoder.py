@@ -8,6 +8,7 @@ import numpy as np
 
 from ...errors import MlxEdgeError
 from .cache import KVCache
+from .lean import matmul_t
 from .weights import Embedding, Linear
 
 
@@ -73,9 +74,9 @@ class NumpyModel:
             h = self.blocks[i](h, cache, i)
         return h
 
-    def head(self, hn: np.ndarray, head_t: np.ndarray | None = None) -> np.ndarray:
-        """Logits (T, vocab) for normed hidden states; `head_t` (hidden, vocab) replaces the head."""
-        logits = hn @ head_t if head_t is not None else self.lm_head(hn)
+    def head(self, hn: np.ndarray, head_w: np.ndarray | None = None) -> np.ndarray:
+        """Logits (T, vocab) for normed hidden states; `head_w` (vocab, hidden) replaces the head."""
+        logits = matmul_t(head_w, hn) if head_w is not None else self.lm_head(hn)
         if self.logit_softcap:
             logits = np.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits

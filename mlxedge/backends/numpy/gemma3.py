@@ -97,7 +97,7 @@ def build(w: Weights, config: dict) -> NumpyModel:
         blocks.append(TransformerBlock(w, f"model.layers.{i}", cfg, sliding,
                                        local_rope if sliding else global_rope))
     tied = not w.has("lm_head.weight")  # as mlx-lm's sanitize decides
-    embed = w.embedding("model.embed_tokens", tied)
+    embed = w.embedding("model.embed_tokens")
     lm_head = embed.as_linear() if tied else w.linear("lm_head")
     norm_w, eps = 1.0 + w.vector("model.norm.weight"), cfg["rms_norm_eps"]
     return NumpyModel(config, embed, blocks, lambda h: rms_norm(h, norm_w, eps), lm_head,

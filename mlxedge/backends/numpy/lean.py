@@ -26,6 +26,13 @@ _F16_TO_F32 = np.float32(2.0 ** 112)  # f16 exponent bias 15 -> f32 bias 127
 _F16_BITS = np.int32(-0x70000001)     # 0x8FFFFFFF: sign and the 28 bits that came from h << 13
 
 
+def matmul_t(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x @ w.T for w (out, in) contiguous: y (T, out), C-contiguous. OpenBLAS is 1.3-1.5x faster
+    computing (w @ x.T) than x @ w.T (or x @ W.T stored (in, out)) for a few rows of x (decoding
+    several sequences at once) and for the 49k-row vocabulary head at any T (measured on 2-16 rows)."""
+    return np.ascontiguousarray((w @ x.T).T)
+
+
 class Scratch:
     """One growing byte buffer, carved into arrays (the carvings of each shape list are kept)."""
 
@@ -121,12 +128,13 @@ class PackedFloat:
     def rows(self, ids) -> np.ndarray:
         return as_float32(self.w[ids])
 
-    def transposed(self) -> np.ndarray:
-        return np.ascontiguousarray(as_float32(self.w).T)
+    def dense(self) -> np.ndarray:
+        """W (out, in) contiguous float32."""
+        return np.ascontiguousarray(as_float32(self.w), dtype=np.float32)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         if self.w.dtype == np.float32:
-            return x @ self.w.T
+            return matmul_t(self.w, x)
         y = np.empty((x.shape[0], self.out_features), np.float32)  # (T, out)
         for r0, r1 in _blocks(self.out_features, self.in_features):
             (buf,) = self.scratch.arrays(((r1 - r0, self.in_features), np.float32))
@@ -148,12 +156,12 @@ class PackedAffine:
     def rows(self, ids) -> np.ndarray:
         return affine.dequantize(self.w[ids], self.scales[ids], self.biases[ids], self.bits, self.group_size)
 
-    def transposed(self) -> np.ndarray:
-        """W.T (in, out) contiguous float32, dequantized in row blocks that stay in cache."""
-        out_t = np.empty((self.in_features, self.out_features), np.float32)
+    def dense(self) -> np.ndarray:
+        """W (out, in) contiguous float32, dequantized a block of rows at a time."""
+        out = np.empty((self.out_features, self.in_features), np.float32)
         for r in range(0, self.out_features, ROW_BLOCK):
-            out_t[:, r:r + ROW_BLOCK] = self.rows(slice(r, r + ROW_BLOCK)).T
-        return out_t
+            out[r:r + ROW_BLOCK] = self.rows(slice(r, r + ROW_BLOCK))
+        return out
 
 
 class LeanAffine:

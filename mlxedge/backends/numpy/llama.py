@@ -86,7 +86,7 @@ def build(w: Weights, config: dict) -> NumpyModel:
                                rope)
               for i in range(n)]
     tied = cfg.get("tie_word_embeddings", True)
-    embed = w.embedding("model.embed_tokens", tied)
+    embed = w.embedding("model.embed_tokens")
     lm_head = embed.as_linear() if tied else w.linear("lm_head")
     if tied and w.has("lm_head.weight"):  # mlx-lm drops a stray lm_head when tied
         w.used.update(k for k in w.raw if k.startswith("lm_head."))

@@ -87,7 +87,7 @@ def build(w: Weights, config: dict) -> NumpyModel:
     blocks = [TransformerBlock(w, f"model.layers.{i}", config, rope)
               for i in range(config["num_hidden_layers"])]
     tied = config.get("tie_word_embeddings", False)
-    embed = w.embedding("model.embed_tokens", tied)
+    embed = w.embedding("model.embed_tokens")
     lm_head = embed.as_linear() if tied else w.linear("lm_head")
     norm_w, eps = w.vector("model.norm.weight"), config["rms_norm_eps"]
     return NumpyModel(config, embed, blocks, lambda h: rms_norm(h, norm_w, eps), lm_head)

@@ -28,25 +28,25 @@ from ... import safetensors
 from ...dtypes import as_float32
 from ...errors import MlxEdgeError
 from ...safetensors import quant_spec
-from .lean import ROW_BLOCK, Half, LeanAffine, PackedAffine, PackedFloat, Scratch
+from .lean import ROW_BLOCK, Half, LeanAffine, PackedAffine, PackedFloat, Scratch, matmul_t
 
 MODES = ("float32", "float16", "lean")
 
 
 class Linear:
-    """y = x @ W.T + b with W (out, in). float32: W.T stored contiguous in `wt`; else `lazy` (lean.py).
+    """y = x @ W.T + b with W (out, in). float32: W stored contiguous in `w`; else `lazy` (lean.py).
 
     `name` is the module path in the bundle ("model.layers.0.mlp.down_proj"), for calibration."""
 
-    def __init__(self, wt: np.ndarray | None, bias: np.ndarray | None = None, lazy=None, name: str | None = None):
-        self.wt = wt            # (in, out) float32, contiguous; None when lazy
+    def __init__(self, w: np.ndarray | None, bias: np.ndarray | None = None, lazy=None, name: str | None = None):
+        self.w = w              # (out, in) float32, contiguous; None when lazy
         self.bias = bias        # (out,) float32 or None
         self.lazy = lazy        # Half / PackedAffine / PackedFloat: `.matmul(x)`
         self.name = name
-        self.out_features = (wt.shape[1] if wt is not None else lazy.out_features)
+        self.out_features = (w.shape[0] if w is not None else lazy.out_features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = x @ self.wt if self.wt is not None else self.lazy.matmul(x)  # (T, out)
+        y = matmul_t(self.w, x) if self.w is not None else self.lazy.matmul(x)  # (T, out)
         if self.bias is not None:
             y += self.bias
         return y
@@ -64,16 +64,16 @@ class Fused:
         self.bounds = list(zip([0] + ends[:-1], ends))
         self.parts = linears
         self.one = None
-        if all(lin.wt is not None for lin in linears):
-            wt = np.ascontiguousarray(np.concatenate([lin.wt for lin in linears], axis=1))
+        if all(lin.w is not None for lin in linears):
+            w = np.concatenate([lin.w for lin in linears])  # (sum(sizes), in)
             if any(lin.bias is not None for lin in linears):
                 bias = np.concatenate([lin.bias if lin.bias is not None else np.zeros(n, np.float32)
                                        for lin, n in zip(linears, self.sizes)])
             else:
                 bias = None
-            self.one = Linear(wt, bias)
+            self.one = Linear(w, bias)
             for lin in linears:  # the fused copy replaces them; drop the originals' memory
-                lin.wt = None
+                lin.w = None
         elif all(isinstance(lin.lazy, Half) and lin.bias is None for lin in linears):
             w16 = np.concatenate([lin.lazy.w16 for lin in linears])  # (sum(sizes), in)
             self.one = Linear(None, lazy=Half(w16, linears[0].lazy.scratch))
@@ -88,26 +88,19 @@ class Fused:
 
 
 class Embedding:
-    """Token lookup, and the transposed use as a tied output projection."""
+    """Token lookup, and the same table as a tied output projection."""
 
-    def __init__(self, table_t: np.ndarray | None = None, table: np.ndarray | None = None, lazy=None):
-        self.table_t = table_t  # (dim, vocab): serves both lookup and tied lm_head
-        self.table = table      # (vocab, dim): when the model is untied
+    def __init__(self, table: np.ndarray | None = None, lazy=None):
+        self.table = table      # (vocab, dim) float32: lookup, and a tied lm_head's W
         self.lazy = lazy        # Half / PackedAffine / PackedFloat: `.rows(ids)`, `.matmul(x)`
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         if self.table is not None:
             return self.table[ids]  # (T, dim)
-        if self.table_t is not None:
-            return np.ascontiguousarray(self.table_t[:, ids].T)  # (T, dim)
         return self.lazy.rows(ids)
 
     def as_linear(self) -> Linear:
-        if self.table_t is None and self.table is not None:
-            self.table_t, self.table = np.ascontiguousarray(self.table.T), None
-        if self.table_t is not None:
-            return Linear(self.table_t)
-        return Linear(None, lazy=self.lazy)
+        return Linear(self.table) if self.table is not None else Linear(None, lazy=self.lazy)
 
 
 class Weights:
@@ -173,17 +166,15 @@ class Weights:
             return Linear(None, bias, lazy=self._lean(src), name=prefix)
         if self.mode == "float16":
             return Linear(None, bias, lazy=self._half(src, prefix), name=prefix)
-        return Linear(src.transposed(), bias, name=prefix)
+        return Linear(src.dense(), bias, name=prefix)
 
-    def embedding(self, prefix: str, tied: bool) -> Embedding:
+    def embedding(self, prefix: str) -> Embedding:
         src = self._source(prefix)
         if self.mode == "lean":
             return Embedding(lazy=self._lean(src))
         if self.mode == "float16":  # one float16 table serves lookup and a tied lm_head
             return Embedding(lazy=self._half(src, prefix))
-        if tied:  # one transposed copy serves lookup and lm_head
-            return Embedding(table_t=src.transposed())
-        return Embedding(table=np.ascontiguousarray(src(), dtype=np.float32))  # (vocab, dim)
+        return Embedding(table=src.dense())  # (vocab, dim): lookup, and lm_head when tied
 
     def check_all_used(self) -> None:
         left = sorted(set(self.raw) - self.used)
