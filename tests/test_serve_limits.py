@@ -107,6 +107,23 @@ def test_non_loopback_needs_a_key_or_the_flag(tmp_path):
         build(parse("--model", str(TINY), "--keys-file", str(bad)))
 
 
+def test_threads_sets_the_blas_pool_and_is_checked():
+    """`--threads N` sizes OpenBLAS's pool for the batched steps (default: every core)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(None):  # restores the pool's size when the test ends
+        build(parse("--model", str(TINY), "--threads", "1"))
+        assert blas_threads() == {1}
+        if (os.cpu_count() or 1) > 1:
+            build(parse("--model", str(TINY)))
+            assert blas_threads() == {os.cpu_count()}
+    with pytest.raises(MlxEdgeError, match="--threads must be >= 1"):
+        build(parse("--model", str(TINY), "--threads", "0"))
+
+
 def test_queue_full_is_429_with_retry_after():
     with Server("--model", str(TINY), "--max-batch", "1", "--max-queue", "1") as s:
         sched = s.service.registry.loaded[str(TINY)].scheduler

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import signal
 import socket
 from pathlib import Path
 
 import uvicorn
+from threadpoolctl import threadpool_limits
 
 from .. import store
 from ..store import names
@@ -51,6 +53,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="seconds an idle model loaded on request stays loaded (negative: forever; default 300)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get at shutdown")
     p.add_argument("--log-prompts", action="store_true", help="also write prompts and replies to the audit log")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads for the NumPy backend (default: every core; the other commands use "
+                        "OPENBLAS_NUM_THREADS, default 1)")
 
 
 def is_loopback(host: str) -> bool:
@@ -73,6 +78,11 @@ def build(args: argparse.Namespace):
             raise MlxEdgeError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_queue < 0 or args.timeout <= 0:
         raise MlxEdgeError("--max-queue must be >= 0 and --timeout > 0")
+    if args.threads is not None and args.threads < 1:
+        raise MlxEdgeError("--threads must be >= 1")
+    # A server decodes several sequences per step: (B, hidden) matmuls, which more cores speed up
+    # (docs/serving.md), unlike one sequence's matrix-vector products on a shared box (cli.py).
+    threadpool_limits(args.threads or os.cpu_count() or 1, user_api="blas")
     for model in args.model:  # fail now, not at the first request
         if not Path(model).expanduser().exists():
             if not names.is_name(model):
