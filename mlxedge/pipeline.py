@@ -65,7 +65,9 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
     target = _resolve(t, target)
     record: dict = {"source": t.src_type}
     if target.kind == "keep":
-        aff = t.affine() if t.affine is not None else None
+        # the compact default tries lowbit's smaller forms before an exact 8-bit one (IQ4_NL)
+        compact = not exact and lowbit.supported(t.src_type) and len(t.shape) == 2
+        aff = t.affine() if t.affine is not None and not compact else None
         # mlx-lm computes in the embedding's output dtype: float16 scales would run a model that
         # needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact; the
         # compact default rounds them to bfloat16 (docs/gguf.md: what that costs).
@@ -85,7 +87,7 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
             arr, st = _float_array(x, dtype)
             record["target"] = dtype
             return [(t.name, arr, st)], record, None
-        if not exact and lowbit.supported(t.src_type) and len(t.shape) == 2:
+        if compact:
             choice = lowbit.choose(t.dense(), t.src_type, scale_dtype="bfloat16" if wide_embedding else "float16")
             aff = choice.aff
             record.update(target=f"affine{aff.bits}g{aff.group_size}", max_abs_err=choice.max_abs_err,

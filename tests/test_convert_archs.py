@@ -42,7 +42,7 @@ FIX = Path(__file__).parent / "fixtures" / "gguf"
 NAMES = sorted(p.stem for p in FIX.glob("*.gguf"))
 
 # GGML types whose values MLX's affine form (q * scale + bias) holds exactly.
-EXACT_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "TQ1_0", "TQ2_0"}
+EXACT_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "TQ1_0", "TQ2_0", "IQ4_NL"}
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3"}
 

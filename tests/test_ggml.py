@@ -21,8 +21,8 @@ F16_FIELDS = {
     "Q4_K": (0, 2), "Q5_K": (0, 2), "TQ1_0": (52,), "TQ2_0": (64,),
     "Q2_K": (80, 82), "Q3_K": (108,), "Q6_K": (208,), "IQ4_NL": (0,), "IQ4_XS": (0,),
 }  # fmt: skip
-EXACT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "TQ1_0", "TQ2_0")
-INEXACT = ("Q2_K", "Q3_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+EXACT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "TQ1_0", "TQ2_0", "IQ4_NL")
+INEXACT = ("Q2_K", "Q3_K", "Q6_K", "IQ4_XS")
 ROWS, COLS = 6, 512
 
 
@@ -105,7 +105,7 @@ def test_repack_is_exact(gguf_tensors, ggml_type, magnitude):
 def test_repack_forms():
     assert {t: ggml.REPACK[t][1:3] for t in EXACT} == {
         "Q4_0": (4, 32), "Q4_1": (4, 32), "Q5_0": (5, 32), "Q5_1": (5, 32), "Q8_0": (8, 32),
-        "Q4_K": (4, 32), "Q5_K": (5, 32), "TQ1_0": (2, 128), "TQ2_0": (2, 128),
+        "Q4_K": (4, 32), "Q5_K": (5, 32), "TQ1_0": (2, 128), "TQ2_0": (2, 128), "IQ4_NL": (8, 32),
     }  # fmt: skip
     for t in EXACT:
         assert ggml.BLOCKS[t] == GGML_QUANT_SIZES[GGMLQuantizationType[t]]

@@ -138,17 +138,20 @@ def test_k_quant_scales_float16_by_default_float32_with_exact(kmix):
 
 
 def test_exact_keeps_todays_forms(kmix):
-    """--exact is the conversion as it was: 8-bit group 32 round-to-nearest (recipes.FALLBACK) for the
-    types MLX cannot express, every exact type repacked."""
+    """--exact: every type with an exact form repacked (IQ4_NL too: 8-bit on a step of d, bit for
+    bit), 8-bit group 32 round-to-nearest (recipes.FALLBACK) for the types MLX cannot express."""
     tensors, _, exact = kmix
     w = read_weights(exact)
+    seen = set()
     for name, t in tensors.items():
         base = name[: -len(".weight")]
-        if t.src_type in INEXACT:
+        if t.affine is not None and t.affine() is not None:
+            assert np.array_equal(_stored(exact, name), t.dense()), name
+            seen.add(t.src_type)
+        elif t.src_type in INEXACT:
             a = affine.quantize(t.dense(), 8, 32, scale_dtype="float16")
             assert np.array_equal(w[name], a.packed()) and np.array_equal(w[f"{base}.scales"], a.scales), name
-        elif t.affine is not None and t.affine() is not None:
-            assert np.array_equal(_stored(exact, name), t.dense()), name
+    assert "IQ4_NL" in seen
 
 
 def test_default_is_smaller(kmix):

@@ -11,8 +11,8 @@ is either exact too (then q * scale + bias is the exact, representable GGML valu
 addend GGML itself adds after the same exact product (Q4_1, Q5_1, Q4_K, Q5_K: one rounding in both).
 Either way MLX's dequantize gives the same float32 result whether it fuses into an FMA or not.
 
-Types MLX cannot express exactly (16-value sub-blocks: Q2_K, Q3_K, Q6_K; non-uniform grids: IQ*,
-MXFP4, ...) give None from `repack`; the caller dequantizes and requantizes them (the smallest
+Types MLX cannot express exactly (16-value sub-blocks: Q2_K, Q3_K, Q6_K; non-uniform grids: IQ*
+but IQ4_NL, whose levels are integers that an 8-bit grid holds; MXFP4, ...) give None from `repack`; the caller dequantizes and requantizes them (the smallest
 form within `quant.lowbit`'s criterion, or `quant.recipes.FALLBACK` with `--exact`).
 """
 
@@ -41,6 +41,7 @@ BLOCKS: dict[str, tuple[int, int]] = {
     "Q5_K": (256, 176),
     "TQ1_0": (256, 54),
     "TQ2_0": (256, 66),
+    "IQ4_NL": (32, 18),
 }
 
 Repacked = tuple[np.ndarray, np.ndarray, np.ndarray]  # q (n, block), scales, biases (n, block // group)
@@ -221,6 +222,19 @@ def tq2_0(blocks: np.ndarray) -> Repacked:
     return q, np.repeat(d, 2, axis=-1), np.repeat(-d, 2, axis=-1)
 
 
+# IQ4_NL's 16 levels (ggml-common.h kvalues_iq4nl): integers, so every value is a multiple of d.
+IQ4_NL_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int16)
+
+
+def iq4_nl(blocks: np.ndarray) -> Repacked:
+    """IQ4_NL: d (f16) | 16 bytes of nibbles (low: values 0-15, high: 16-31); x = d * k[nibble] on a
+    non-uniform 16-level grid of integers in -127..113 (a 4-bit MLX grid cannot follow it). As an
+    8-bit grid of step d it is exact: q = k + 128 (1..241), scale d, bias -128 d."""
+    d = _f16(blocks, 0)
+    q = (IQ4_NL_LEVELS[_nibbles(blocks[:, 2:18])] + 128).astype(np.uint8)  # (n, 32)
+    return q, d, -128 * d
+
+
 # name -> (block function, bits, MLX group size, float32 scales always)
 REPACK: dict[str, tuple[Callable[[np.ndarray], Repacked], int, int, bool]] = {
     "Q4_0": (q4_0, 4, 32, False),
@@ -232,6 +246,7 @@ REPACK: dict[str, tuple[Callable[[np.ndarray], Repacked], int, int, bool]] = {
     "Q5_K": (q5_k, 5, 32, True),
     "TQ1_0": (tq1_0, 2, 128, False),
     "TQ2_0": (tq2_0, 2, 128, False),
+    "IQ4_NL": (iq4_nl, 8, 32, False),  # exact at 9 bits/weight; the default's lowbit finds smaller forms
 }
 
 
