@@ -15,7 +15,8 @@ from . import planner
 from .formats import Source, open_source
 from .formats.bundle import read_config
 from .pipeline import convert_source
-from .quant import recipes
+from .errors import MlxEdgeError
+from .quant import lowbit, recipes
 from .quant.recipes import Recipe
 from .safetensors import stats
 
@@ -38,17 +39,20 @@ def resolve_recipe(quant: str | Recipe | Callable, source: Source, show_progress
 
 
 def convert(src: str | Path | Source, out: str | Path, quant: str | Recipe = "keep",
-            force: bool = False, show_progress: bool = True, exact: bool = False, **recipe_options) -> Path:
+            force: bool = False, show_progress: bool = True, exact: bool = False, tau: float | None = None,
+            **recipe_options) -> Path:
     """Convert `src` into the bundle directory `out`; returns `out`.
 
     `quant` is a recipe name (keep, f16, bf16, f32, q4, q8, mixed_3_6, q4_k_m, bpw3.5, ...) or a
     Recipe; `recipe_options` go to recipes built from the source (e.g. calib=, seed= for bpwX).
     `exact=True`: what `keep` carries over stays bit-exact (float32 K-quant scales, 8-bit for
-    types MLX cannot express) instead of the compact forms (docs/gguf.md).
+    types MLX cannot express) instead of the compact forms (docs/gguf.md); `tau` replaces lowbit's
+    criterion (the compact forms' error at most tau x the source's own rounding error).
     """
     source = src if isinstance(src, Source) else open_source(src)
     recipe = resolve_recipe(quant, source, show_progress, **recipe_options)
-    return convert_source(source, out, recipe, force=force, show_progress=show_progress, exact=exact)
+    return convert_source(source, out, recipe, force=force, show_progress=show_progress, exact=exact,
+                          tau=lowbit.TAU if tau is None else tau)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -65,6 +69,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="keep GGUF quantizations bit-exact: float32 K-quant scales, 8-bit for Q2_K/Q3_K/Q6_K/IQ4 "
                         "(default: float16 scales and the smallest MLX form within 0.1x the source's own "
                         "rounding error, docs/gguf.md)")
+    p.add_argument("--tau", type=float, default=None, metavar="T",
+                   help=f"the compact forms' error bound, as a fraction of the source's own rounding error "
+                        f"(default {lowbit.TAU}; lower for a model that magnifies small errors, docs/gguf.md)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -74,8 +81,10 @@ def main(args: argparse.Namespace) -> int:
     quant, options = args.quant, {}
     if args.target_bpw is not None:
         quant, options = f"bpw{args.target_bpw:g}", {"calib": args.calib, "seed": args.seed}
+    if args.tau is not None and not 0 < args.tau <= 1:
+        raise MlxEdgeError(f"--tau must be in (0, 1], not {args.tau}")
     out = convert(args.src, args.out, quant=quant, force=args.force, show_progress=not args.quiet,
-                  exact=args.exact, **options)
+                  exact=args.exact, tau=args.tau, **options)
     meta = json.loads((out / "mlxedge.json").read_text())
     weights = stats(out, read_config(out).get("quantization") or {})  # the numbers inspect reports
     summary = {"out": str(out), "recipe": meta["recipe"], "parameters": weights["parameters"],

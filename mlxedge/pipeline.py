@@ -53,7 +53,7 @@ def _resolve(t: SourceTensor, target: Target) -> Target:
 
 
 def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=None, exact: bool = True,
-                    errors=None):
+                    errors=None, tau: float = lowbit.TAU):
     """-> (list of (name, array, st_dtype)), record dict, (bits, group_size) or None.
 
     `errors(err)`, if given, receives the error array behind the record's max_abs_err / rms_err,
@@ -65,9 +65,7 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
     target = _resolve(t, target)
     record: dict = {"source": t.src_type}
     if target.kind == "keep":
-        # the compact default tries lowbit's smaller forms before an exact 8-bit one (IQ4_NL)
-        compact = not exact and lowbit.supported(t.src_type) and len(t.shape) == 2
-        aff = t.affine() if t.affine is not None and not compact else None
+        aff = t.affine() if t.affine is not None else None
         # mlx-lm computes in the embedding's output dtype: float16 scales would run a model that
         # needs bfloat16's range (Gemma) in float16 and overflow. float32 keeps it exact; the
         # compact default rounds them to bfloat16 (docs/gguf.md: what that costs).
@@ -87,12 +85,12 @@ def _convert_tensor(t: SourceTensor, target: Target, float_dtype: str, quantize=
             arr, st = _float_array(x, dtype)
             record["target"] = dtype
             return [(t.name, arr, st)], record, None
-        if compact:
-            choice = lowbit.choose(t.dense(), t.src_type, scale_dtype="bfloat16" if wide_embedding else "float16")
+        if not exact and lowbit.supported(t.src_type) and len(t.shape) == 2:
+            choice = lowbit.choose(t.dense(), t.src_type, tau, "bfloat16" if wide_embedding else "float16")
             aff = choice.aff
             record.update(target=f"affine{aff.bits}g{aff.group_size}", max_abs_err=choice.max_abs_err,
                           rms_err=choice.rms_err, source_noise=choice.source_noise,
-                          err_ratio=round(choice.ratio, 4))
+                          err_ratio=round(choice.ratio, 4), tau=tau)
             return _affine_arrays(t.name, aff), record, (aff.bits, aff.group_size)
         target = _resolve(t, FALLBACK)
     x = t.dense()
@@ -154,7 +152,7 @@ def _affine_arrays(name: str, aff: affine.Affine):
 
 
 def convert_source(source: Source, out: str | Path, recipe: Recipe, force: bool = False,
-                   show_progress: bool = True, exact: bool = True) -> Path:
+                   show_progress: bool = True, exact: bool = True, tau: float = lowbit.TAU) -> Path:
     """Write `source` as a bundle at `out` with a finished `recipe`; returns `out`.
 
     exact: "keep" carries GGML types over exactly (float32 K-quant scales, 8-bit for types MLX
@@ -171,12 +169,13 @@ def convert_source(source: Source, out: str | Path, recipe: Recipe, force: bool 
             blocked = None
             if recipe.quantize is None:  # (a recipe's own quantizer is given whole tensors)
                 blocked = rowblocks.convert(t, w, lambda part, errors: _convert_tensor(
-                    part, target, source.float_dtype, None, exact, errors))
+                    part, target, source.float_dtype, None, exact, errors, tau))
             if blocked is not None:
                 record, qspec, nbytes = blocked
                 stored_bits += nbytes * 8
             else:
-                arrays, record, qspec = _convert_tensor(t, target, source.float_dtype, recipe.quantize, exact)
+                arrays, record, qspec = _convert_tensor(t, target, source.float_dtype, recipe.quantize, exact,
+                                                        tau=tau)
                 for name, arr, st in arrays:
                     w.add(name, arr, st)
                     stored_bits += arr.nbytes * 8

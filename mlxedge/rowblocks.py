@@ -41,8 +41,8 @@ class _Differs(Exception):
 class _Lowbit(Exception):
     """The tensor goes to lowbit's smallest form (a choice over the whole tensor): `lowbit_blocks`."""
 
-    def __init__(self, scale_dtype: str):
-        self.scale_dtype = scale_dtype
+    def __init__(self, scale_dtype: str, tau: float):
+        self.scale_dtype, self.tau = scale_dtype, tau
 
 
 class PairwiseSum:
@@ -153,7 +153,8 @@ def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int
             elif (plain, qspec, layout) != (first["plain"], first["qspec"], first["layout"]):
                 raise _Differs
             if "source_noise" in record and not first.get("checked"):
-                raise _Lowbit({np.float32: "float32", np.uint16: "bfloat16"}.get(arrays[1][1].dtype.type, "float16"))
+                raise _Lowbit({np.float32: "float32", np.uint16: "bfloat16"}.get(arrays[1][1].dtype.type, "float16"),
+                              record["tau"])
             first["checked"] = True
             if any(k in record for k in ERROR_KEYS):
                 if n_errs != 1:  # statistics this module cannot merge
@@ -174,7 +175,7 @@ def convert(t, writer, convert_block: Callable) -> tuple[dict, tuple | None, int
     except _Differs:
         return None
     except _Lowbit as e:
-        return lowbit_blocks(t, writer, first["layout"], e.scale_dtype, step)
+        return lowbit_blocks(t, writer, first["layout"], e.scale_dtype, step, e.tau)
     for (name, _, _, st), parts in zip(first["layout"][1:], held):
         writer.add_blocks(name, rows, parts, st)
         parts.clear()
@@ -213,7 +214,7 @@ class _Rejected(Exception):
     """A lowbit candidate missed the criterion: its blocks are taken back."""
 
 
-def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int) -> tuple[dict, tuple, int]:
+def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int, tau: float = lowbit.TAU) -> tuple[dict, tuple, int]:
     """`lowbit.choose` for a matrix read a block of rows at a time, with the same choice, bytes
     and statistics: σ_src and every candidate's RMS are float64 means, rebuilt by PairwiseSum;
     the row sample is the same rows; `quantize_search` works row by row. Each candidate tried in
@@ -235,7 +236,7 @@ def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int) -> tuple[dict,
         steps.add(piece)
     total = steps.total()
     noise = float(np.sqrt(total / np.intp(steps.n) / 12))
-    limit = lowbit.TAU * noise
+    limit = tau * noise
     sampled = range(rows)[lowbit.row_sample(rows)]
     sample = np.concatenate([t.rows(i, i + 1).dense() for i in sampled])
     names = [name for name, _, _, _ in layout]
@@ -274,7 +275,7 @@ def lowbit_blocks(t, writer, layout, scale_dtype: str, step: int) -> tuple[dict,
         err = result["err"]
         ratio = err / noise if noise > 0 else (0.0 if err == 0 else np.inf)
         record = {"source": t.src_type, "target": f"affine{bits}g{group}", "max_abs_err": float(biggest[0]),
-                  "rms_err": err, "source_noise": noise, "err_ratio": round(ratio, 4)}
+                  "rms_err": err, "source_noise": noise, "err_ratio": round(ratio, 4), "tau": tau}
         return record, (bits, group), nbytes
     raise AssertionError("unreachable: the last candidate is always taken")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -51,17 +50,15 @@ def _only(form: str):
     """`scales` / `lowbit`: the default conversion with the other of its two changes switched off."""
     from mlxedge import pipeline
 
-    saved = pipeline._narrow_scales, pipeline.lowbit.supported, pipeline.lowbit.choose
-    if form.startswith("tau"):
-        pipeline.lowbit.choose = functools.partial(saved[2], tau=float(form[3:]))
-    elif form == "scales":
+    saved = pipeline._narrow_scales, pipeline.lowbit.supported
+    if form == "scales":
         pipeline.lowbit.supported = lambda src_type: False
     elif form == "lowbit":
-        pipeline._narrow_scales = lambda aff, record: None
+        pipeline._narrow_scales = lambda *args: None
     try:
         yield
     finally:
-        pipeline._narrow_scales, pipeline.lowbit.supported, pipeline.lowbit.choose = saved
+        pipeline._narrow_scales, pipeline.lowbit.supported = saved
 
 
 def _mlx_row(name: str, gguf_size: int, bundle: Path, ref, t0: float) -> dict:
@@ -117,7 +114,8 @@ def main() -> None:
                 else:
                     quant = "f16" if form == "f16" else "keep"
                     with _only(form):
-                        out = convert(gguf, Path(tmp) / f"{name}-{form}", quant=quant, show_progress=False)
+                        tau = float(form[3:]) if form.startswith("tau") else None  # convert --tau
+                        out = convert(gguf, Path(tmp) / f"{name}-{form}", quant=quant, show_progress=False, tau=tau)
                 r = evaluate(out, ref)
                 meta = json.loads((out / "mlxedge.json").read_text())
                 chosen: dict[str, int] = {}

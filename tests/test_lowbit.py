@@ -10,6 +10,8 @@ where the block layout is simple (Q2_K, Q6_K: the estimate never exceeds them).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,14 @@ from mlxedge.dtypes import from_bf16_bits  # noqa: E402
 from mlxedge.formats import open_source  # noqa: E402
 from mlxedge.formats.bundle import read_config, read_weights  # noqa: E402
 from mlxedge.formats.source import SourceTensor  # noqa: E402
+from mlxedge import rowblocks  # noqa: E402
 from mlxedge.pipeline import _convert_tensor  # noqa: E402
 from mlxedge.quant import affine, ggml, lowbit  # noqa: E402
 from mlxedge.quant.recipes import KEEP  # noqa: E402
 from mlxedge.quant.search import quantize_search  # noqa: E402
 
 KMIX = Path(__file__).parent / "fixtures" / "gguf" / "llama256-kmix.gguf"
-INEXACT = ("Q2_K", "Q3_K", "Q6_K", "IQ4_NL")
+INEXACT = ("Q2_K", "Q3_K", "Q6_K")  # in the fixture; IQ4_NL is repacked exactly (tests/test_ggml.py)
 WIDE = ("Q4_K", "Q5_K")
 
 
@@ -191,6 +194,35 @@ def test_wide_embedding_scales_bfloat16_by_default_float32_with_exact():
     t6 = SourceTensor("model.embed_tokens.weight", (4, 256), "Q6_K", lambda: x, lambda: None)
     arrays, record, _ = _convert_tensor(t6, KEEP, "bfloat16", exact=False)
     assert scales(arrays)[1] == "BF16" and "err_ratio" in record
+
+
+def test_tau_bounds_every_compact_form_and_is_recorded(kmix, tmp_path, monkeypatch):
+    """`--tau T`: lowbit's criterion at T instead of TAU, for the tensors converted whole and those
+    converted in row blocks alike (rowblocks.lowbit_blocks); each lowbit record says its tau."""
+    tensors, default, _ = kmix
+    out = convert(KMIX, tmp_path / "tau", show_progress=False, tau=0.03)
+    monkeypatch.setattr(rowblocks, "BLOCK_VALUES", 1000)  # every matrix in several row blocks
+    blocked = convert(KMIX, tmp_path / "tau-blocks", show_progress=False, tau=0.03)
+    for f in out.iterdir():
+        assert f.read_bytes() == (blocked / f.name).read_bytes(), f.name
+    meta = json.loads((out / "mlxedge.json").read_text())["tensors"]
+    base = json.loads((default / "mlxedge.json").read_text())["tensors"]
+    lowbits = {n: r for n, r in meta.items() if "err_ratio" in r}
+    assert lowbits and all(r["tau"] == 0.03 for r in lowbits.values())
+    assert all(base[n]["tau"] == lowbit.TAU for n in lowbits)
+    for name, rec in lowbits.items():
+        want = tensors[name].dense()
+        got = _stored(out, name)
+        if rec["target"] != "affine8g32":  # (the finest form is taken whatever its error)
+            assert _rms(got, want) <= 0.03 * lowbit.source_noise(want, rec["source"]), name
+    assert any(meta[n]["target"] != base[n]["target"] for n in lowbits)  # a tighter bound costs bits
+
+
+def test_cli_tau_is_checked(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mlxedge", "convert", str(KMIX), "-o", str(tmp_path / "out"),
+                        "--tau", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == "mlxedge convert: error: --tau must be in (0, 1], not 0.0"
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_exact_flag():

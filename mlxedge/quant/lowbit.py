@@ -1,4 +1,5 @@
-"""The smallest MLX affine form for a GGML tensor MLX cannot express exactly (Q2_K, Q3_K, Q6_K, IQ4).
+"""The smallest MLX affine form for a GGML tensor MLX cannot express exactly (Q2_K, Q3_K, Q6_K, IQ4_XS;
+IQ4_NL has an exact 8-bit form, quant/ggml.py, which the pipeline takes first).
 
 Criterion (docs/gguf.md): with w the exact dequantization of the source and ŵ an MLX form,
 
@@ -40,8 +41,7 @@ GRIDS: dict[str, tuple[int, float, bool]] = {
     "Q2_K": (16, 3.0, True),  # x = (d·sc)·q − dmin·m, q in 0..3: max − min ≤ 3 steps
     "Q3_K": (16, 4.0, False),  # x = (d·sc)·(q − 4), q in 0..7: |x| ≤ 4 steps
     "Q6_K": (16, 32.0, False),  # x = (d·sc)·(q − 32), q in 0..63: |x| ≤ 32 steps
-    "IQ4_NL": (32, 127 / 16, False),  # x = d·k[q], k in -127..113 (16 levels, mean spacing 16 d)
-    "IQ4_XS": (32, 127 / 16, False),  # the same grid with 6-bit sub-block scales
+    "IQ4_XS": (32, 127 / 16, False),  # x = (d·ls)·k[q], k in -127..113: IQ4_NL's 16 levels (mean spacing 16)
 }
 
 # (bits, group) by stored bits per weight, bits + 32 / group (a float16 scale and bias per group);
