@@ -37,6 +37,13 @@ def _gguf(fn):
         pytest.skip(f"real model not installed: {e}")
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A store of the test's own ($MLXEDGE_HOME), for the store's tests."""
+    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path / "store"))
+    return tmp_path / "store"
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     return _gguf(assets.smollm2_gguf)

@@ -18,12 +18,6 @@ from store_util import GGUF, ROOT, TINY, assert_consistent, one_line_error, run_
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path / "store"))
-    return tmp_path / "store"
-
-
-@pytest.fixture
 def tiny(home):
     return store.pull(str(TINY), name="tiny:q4", quiet=True)
 

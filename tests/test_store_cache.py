@@ -21,12 +21,6 @@ from test_store_faults import kill_at
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path / "store"))
-    return tmp_path / "store"
-
-
-@pytest.fixture
 def gguf(tmp_path):
     """A private copy of the tiny GGUF (its own path: an entry of its own)."""
     path = tmp_path / "model.gguf"

