@@ -93,11 +93,14 @@ class Model:
         return self.engine.forward(ids, self.engine.make_cache())
 
 
-def load(path: str | Path, backend: str = "auto", quiet: bool = True) -> Model:
-    """Load a store name, a converted bundle directory or a `.gguf` file (converted once into the store)."""
+def load(path: str | Path, backend: str = "auto", quiet: bool = True, matmul: str | None = None) -> Model:
+    """Load a store name, a converted bundle directory or a `.gguf` file (converted once into the store).
+
+    `matmul` (NumPy backend): "numpy", "onnxruntime" or "auto" (backends/numpy/gemm.py); None reads
+    MLXEDGE_MATMUL, default auto."""
     directory = modelcache.resolve(path, quiet=quiet)
     try:
-        engine = make_engine(directory, backend)
+        engine = make_engine(directory, backend, matmul)
         context = read_config(directory).get("max_position_embeddings")
         return Model(directory, engine, Tokenizer(directory), context_length=context)
     except OutOfMemory:

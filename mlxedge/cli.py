@@ -42,7 +42,9 @@ ENVIRONMENT = """environment:
                         generate/chat/serve, converted once (default ~/.mlxedge)
   MLXEDGE_CACHE         where the test and benchmark model assets are assembled
                         (default ~/.cache/mlxedge)
-  OPENBLAS_NUM_THREADS  NumPy backend threads (default 1: faster on a shared CPU)"""
+  OPENBLAS_NUM_THREADS  NumPy backend threads (default 1: faster on a shared CPU)
+  MLXEDGE_MATMUL        NumPy backend kernels: auto (default: onnxruntime's where installed),
+                        onnxruntime or numpy"""
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -111,6 +111,7 @@ class GenerationStats:
     peak_memory_bytes: int = 0
     finish_reason: str = ""  # "eos", "stop", "length" or "interrupted"
     weights: str = ""  # how the engine holds weights (NumPy: "float32", "float16" or "lean")
+    matmul: str = ""   # whose kernels multiply them (NumPy: "numpy" or "onnxruntime")
 
     @property
     def prompt_tps(self) -> float:
@@ -128,13 +129,15 @@ class GenerationStats:
                 "generation_tokens": self.generation_tokens,
                 "generation_tps": round(self.generation_tps, 3),
                 "peak_memory_gb": round(self.peak_memory_bytes / 1e9, 4),
-                "finish_reason": self.finish_reason, **({"weights": self.weights} if self.weights else {})}
+                "finish_reason": self.finish_reason, **({"weights": self.weights} if self.weights else {}),
+                **({"matmul": self.matmul} if self.matmul else {})}
 
     def summary(self) -> str:
         return (f"prompt: {self.prompt_tokens} tokens, {self.prompt_tps:.1f} tokens/s | "
                 f"generation: {self.generation_tokens} tokens, {self.generation_tps:.1f} tokens/s | "
                 f"peak memory: {self.peak_memory_bytes / 1e9:.3f} GB"
-                + (f" | weights: {self.weights}" if self.weights else ""))
+                + (f" | weights: {self.weights}" if self.weights else "")
+                + (f", matmul: {self.matmul}" if self.matmul else ""))
 
 
 @dataclass
@@ -209,6 +212,7 @@ class Generation:
             self.stats.generation_seconds = last - first
             self.stats.peak_memory_bytes = self.engine.peak_memory()
             self.stats.weights = getattr(self.engine, "weight_mode", "")
+            self.stats.matmul = getattr(self.engine, "matmul", "")
             held = self.engine.cache_length(self.cache)
             self.cache_tokens = (self.history + self.ids + self.tokens)[:held]
 

@@ -13,7 +13,11 @@ the first token; decode tokens/s counts the tokens after the first over the time
 mlxedge runs as `python -m mlxedge generate --model BUNDLE --backend numpy|mlx --json
 --no-chat-template -m 64 -p PROMPT` on a bundle converted once (`mlxedge convert`, recipe keep);
 llama.cpp runs in --oracle-python (llama-cpp-python) on the GGUF: `Llama.generate` at temperature 0
-on the same token ids. Reuses the measuring helpers of bench_convert.py (same folder).
+on the same token ids; where that Python lacks llama_cpp, llama.cpp's server from the `xllamacpp`
+wheel runs in a worker of this Python (one slot, loopback, one /completion request on the token
+ids, temperature 0), its own `timings` giving prefill and decode tokens/s. `numpy_blas` is the
+NumPy backend with MLXEDGE_MATMUL=numpy (NumPy's BLAS for every product, the kernels before MLAS).
+Reuses the measuring helpers of bench_convert.py (same folder).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from bench_convert import DEFAULT_ORACLE, ROOT, machine, model_path, report, run_measured
 
 MODELS = ("smollm2", "gemma3")
-RUNTIMES = ("numpy", "mlx", "llama.cpp")
+RUNTIMES = ("numpy", "numpy_blas", "mlx", "llama.cpp")
 PROMPT = ("The old lighthouse keeper climbed the stairs every evening at dusk. He had done it for forty "
           "years, and tonight, as the storm rolled in from the west, he noticed something strange")
 
@@ -60,6 +64,36 @@ def worker_llama_generate(gguf: str, ids_json: str, max_tokens: str, threads: st
             "llama_cpp": llama_cpp.__version__})
 
 
+def worker_xllamacpp(gguf: str, ids_json: str, max_tokens: str, threads: str) -> None:
+    """Greedy decoding by llama.cpp's server (xllamacpp) in this process: one /completion request."""
+    import socket
+    import urllib.request
+
+    import xllamacpp as x
+
+    ids, n_max, n_threads = json.loads(ids_json), int(max_tokens), int(threads)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = x.CommonParams()
+    p.model.path, p.n_parallel, p.n_ctx = gguf, 1, len(ids) + n_max + 8
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = n_threads
+    p.hostnames, p.port = ["127.0.0.1"], port
+    t0 = time.perf_counter()
+    server = x.Server(p)  # noqa: F841 — serves until this process exits
+    load_s = time.perf_counter() - t0
+    body = json.dumps({"prompt": ids, "n_predict": n_max, "temperature": 0, "top_k": 1, "top_p": 1.0,
+                       "min_p": 0.0, "repeat_penalty": 1.0, "cache_prompt": False, "stream": False}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        out = json.loads(r.read())
+    t = out["timings"]
+    report({"text": out["content"], "load_seconds": round(load_s, 4), "prompt_tokens": len(ids),
+            "prompt_tps": t["prompt_per_second"], "generation_tokens": t["predicted_n"],
+            "generation_tps": t["predicted_per_second"], "llama_cpp": f"xllamacpp {x.__version__}"})
+    os._exit(0)  # the server's threads keep no state worth a clean shutdown
+
+
 def ensure_bundle(name: str, gguf: Path, work: Path) -> Path:
     out = work / f"{name}-mlxedge"
     if not (out / "mlxedge.json").exists():
@@ -74,10 +108,14 @@ def one_run(runtime: str, gguf: Path, bundle: Path, ids: list[int], args: argpar
     threads = str(args.threads)
     env = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
     if runtime == "llama.cpp":
-        cmd = [args.oracle_python, str(Path(__file__).resolve()), "--worker", str(gguf), json.dumps(ids),
-               str(args.max_tokens), threads]
+        oracle = args.oracle_python if Path(args.oracle_python).exists() else None
+        cmd = [oracle or sys.executable, str(Path(__file__).resolve()), "--worker" if oracle else "--xworker",
+               str(gguf), json.dumps(ids), str(args.max_tokens), threads]
         return run_measured(cmd, env=env, timeout=args.timeout)
-    cmd = [sys.executable, "-m", "mlxedge", "generate", "--model", str(bundle), "--backend", runtime, "--json",
+    if runtime == "numpy_blas":
+        env["MLXEDGE_MATMUL"] = "numpy"
+    cmd = [sys.executable, "-m", "mlxedge", "generate", "--model", str(bundle), "--backend", runtime.split("_")[0],
+           "--json",
            "--no-chat-template", "--max-tokens", str(args.max_tokens), "--prompt", PROMPT, "--quiet"]
     return run_measured(cmd, env=env, timeout=args.timeout, stdout_json=True)
 
@@ -134,7 +172,8 @@ def table(results: list[dict]) -> str:
     head = ("| model | runtime | prefill tok/s | ×llama.cpp | decode tok/s | ×llama.cpp | peak RSS MB | ×llama.cpp "
             "| load s | tokens out | chars same as llama.cpp | load avg (1 min) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    names = {"numpy": "mlxedge NumPy", "mlx": "mlxedge MLX (CPU)", "llama.cpp": "llama.cpp"}
+    names = {"numpy": "mlxedge NumPy (MLAS)", "numpy_blas": "mlxedge NumPy (BLAS only)", "mlx": "mlxedge MLX (CPU)",
+             "llama.cpp": "llama.cpp"}
     for res in results:
         loads = res["load_average_1min"]
         for rt, s in res["summary"].items():
@@ -153,6 +192,9 @@ def table(results: list[dict]) -> str:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker_llama_generate(*sys.argv[2:])
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--xworker":
+        worker_xllamacpp(*sys.argv[2:])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))

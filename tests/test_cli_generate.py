@@ -234,14 +234,14 @@ def test_out_of_memory_keeps_the_cache_entry(fake_convert, monkeypatch):
     gguf, calls = fake_convert
     entry = modelcache.resolve(gguf)
 
-    def short(directory, backend="auto"):
+    def short(directory, backend="auto", matmul=None):
         raise OutOfMemory("the model does not fit in float32, float16 or lean")
 
     monkeypatch.setattr(api, "make_engine", short)
     with pytest.raises(OutOfMemory, match="does not fit"):
         api.load(gguf)
     assert modelcache.is_complete(entry) and len(calls) == 1
-    monkeypatch.setattr(api, "make_engine", lambda d, b="auto": (_ for _ in ()).throw(MlxEdgeError("bad tensor")))
+    monkeypatch.setattr(api, "make_engine", lambda d, b="auto", m=None: (_ for _ in ()).throw(MlxEdgeError("bad tensor")))
     with pytest.raises(MlxEdgeError, match="removed"):
         api.load(gguf)
     assert not entry.exists()

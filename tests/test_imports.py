@@ -17,7 +17,8 @@ PKG = Path(__file__).resolve().parents[1] / "mlxedge"
 # Imports allowed inside functions: heavy optional dependencies, and mlxedge/__init__'s `load`
 # (kept lazy so that `mlxedge.cli` can set OPENBLAS_NUM_THREADS before NumPy loads).
 DEFERRED = {"mlx", "mlx_lm", "onnx", "matplotlib",
-            "coremltools"}  # only the export command needs it (mlxedge/export.py, mlxedge/coreml/)
+            "coremltools",  # only the export command needs it (mlxedge/export.py, mlxedge/coreml/)
+            "onnxruntime"}  # only the NumPy backend's MLAS products (backends/numpy/gemm.py), at load
 LAZY_OK = {("mlxedge", "mlxedge.api")}
 # Lower layers and what they may import (besides themselves): pure maths and readers never reach
 # up into conversion, calibration, runtime or commands.

@@ -124,6 +124,19 @@ def test_threads_sets_the_blas_pool_and_is_checked():
         build(parse("--model", str(TINY), "--threads", "0"))
 
 
+@pytest.mark.parametrize("flag, kernels", [("numpy", "numpy"), ("onnxruntime", "onnxruntime"), (None, "onnxruntime")])
+def test_matmul_flag_picks_the_numpy_backends_kernels(flag, kernels, monkeypatch):
+    """`--matmul` (default: MLXEDGE_MATMUL, else auto = onnxruntime where installed) reaches the model."""
+    monkeypatch.delenv("MLXEDGE_MATMUL", raising=False)
+    q4 = TINY.parent / "llama_q4_bf16"
+    with Server("--model", str(q4), "--backend", "numpy", *(["--matmul", flag] if flag else [])) as s:
+        r = client(s.url).chat.completions.create(model=q4.name, messages=HI, max_tokens=3)
+        assert r.usage.completion_tokens >= 1
+        assert s.service.registry.loaded[str(q4)].model.engine.matmul == kernels
+    with pytest.raises(SystemExit):
+        parse("--model", str(q4), "--matmul", "blas")
+
+
 def test_queue_full_is_429_with_retry_after():
     with Server("--model", str(TINY), "--max-batch", "1", "--max-queue", "1") as s:
         sched = s.service.registry.loaded[str(TINY)].scheduler

@@ -41,13 +41,19 @@ def test_all_tiny_bundles_present():
     assert len(BUNDLES) >= 15, "run scripts/make_swift_fixtures.py --only tiny"
 
 
+# numpy: NumPy's BLAS for every product; onnxruntime: MLAS for 4-bit weights as stored and for
+# float32 products of 2+ rows (backends/numpy/gemm.py), held to the same tolerance.
+MATMULS = ["numpy", "onnxruntime"]
+
+
+@pytest.mark.parametrize("matmul", MATMULS)
 @pytest.mark.parametrize("name", BUNDLES)
-def test_logits_match_golden(name):
+def test_logits_match_golden(name, matmul):
     from mlxedge.backends.numpy import load
 
     meta, ref = golden(name)
     tokens, pre = np.array(meta["tokens"]), meta["prefill"]
-    m = load(TINY / name)
+    m = load(TINY / name, matmul=matmul)
     assert_close(m.forward(tokens), ref)  # one batched forward
     cache = m.make_cache()
     steps = [m.forward(tokens[:pre], cache)] + [m.forward(tokens[t:t + 1], cache) for t in range(pre, len(tokens))]
@@ -55,13 +61,14 @@ def test_logits_match_golden(name):
     assert_close(np.concatenate(steps), ref)  # prefill, then one token at a time
 
 
+@pytest.mark.parametrize("matmul", MATMULS)
 @pytest.mark.parametrize("name", BUNDLES)
-def test_greedy_matches_golden(name):
+def test_greedy_matches_golden(name, matmul):
     """Argmax decoding through the cache, as mlx-lm's generate_step does it."""
     from mlxedge.backends.numpy import load
 
     meta, _ = golden(name)
-    m = load(TINY / name)
+    m = load(TINY / name, matmul=matmul)
     cache, out = m.make_cache(), []
     logits = m.forward(np.array(meta["tokens"]), cache)  # (T, vocab)
     while len(out) < len(meta["greedy"]):
@@ -83,4 +90,4 @@ def test_goldens_pass_without_mlx():
                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     summary = r.stdout.strip().splitlines()[-1]
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert re.fullmatch(rf"{1 + 2 * len(BUNDLES)} passed.*", summary), summary  # nothing skipped
+    assert re.fullmatch(rf"{1 + 2 * len(MATMULS) * len(BUNDLES)} passed.*", summary), summary  # nothing skipped

@@ -29,26 +29,27 @@ def default_backend() -> str:
     return "numpy"
 
 
-def make_engine(directory: Path, backend: str = "auto") -> Engine:
+def make_engine(directory: Path, backend: str = "auto", matmul: str | None = None) -> Engine:
     """Load the bundle at `directory` with the chosen backend, after checking everything either
-    backend will read from it (config, safetensors headers against the files, shapes, tokenizer)."""
+    backend will read from it (config, safetensors headers against the files, shapes, tokenizer).
+    `matmul` picks the NumPy backend's kernels (numpy/engine.py; None: MLXEDGE_MATMUL or auto)."""
     if backend not in BACKENDS:
         raise MlxEdgeError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     read_hf(directory, check_only=True)
-    return _make_engine(directory, backend)
+    return _make_engine(directory, backend, matmul)
 
 
-def _make_engine(directory: Path, backend: str) -> Engine:
+def _make_engine(directory: Path, backend: str, matmul: str | None) -> Engine:
     if backend == "mlx":
         return MlxEngine(directory)
     if backend == "numpy":
-        return NumpyEngine(directory)
+        return NumpyEngine(directory, matmul)
     choice = default_backend()
     try:
-        return _make_engine(directory, choice)
+        return _make_engine(directory, choice, matmul)
     except MlxEdgeError as first:
         # e.g. an architecture the NumPy backend does not have: the other backend may run it
         try:
-            return _make_engine(directory, "numpy" if choice == "mlx" else "mlx")
+            return _make_engine(directory, "numpy" if choice == "mlx" else "mlx", matmul)
         except MlxEdgeError:
             raise first from None

@@ -19,6 +19,7 @@ import numpy as np
 from ..backends.mlx import MlxEngine
 from ..backends.numpy import batch
 from ..backends.numpy.engine import NumpyEngine
+from ..backends.numpy.memory import available_memory
 from ..engine import Engine
 from .prompt_cache import PromptCache
 
@@ -56,6 +57,10 @@ class NumpyStepper(EngineStepper):
         super().__init__(engine)
         self.batched = batch.supports(engine.model)
         self.prompt_cache = PromptCache(prompt_cache_bytes)
+        kernels = engine.model.kernels
+        if self.batched and kernels is not None:  # MLAS's SGEMM for the batched float32 products,
+            # at the price of a packed copy of those weights: only where it fits twice over
+            kernels.packs = 2 * batch.dense_bytes(engine.model) < available_memory()[0]
 
     def start(self, ids: Sequence[int]) -> tuple[Any, np.ndarray]:
         return self.start_many([ids])[0]

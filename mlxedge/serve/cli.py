@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from .. import store
 from ..store import names
 from ..backends import BACKENDS
+from ..backends.numpy.gemm import CHOICES, share_threads
 from ..errors import MlxEdgeError
 from .app import create_app
 from .limits import read_keys
@@ -32,6 +33,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--matmul", choices=CHOICES, default=None,
+                   help="the NumPy backend's kernels: numpy (its BLAS), onnxruntime (MLAS: 4-bit weights as "
+                        "stored, batched float32 products) or auto (onnxruntime where installed; default: "
+                        "MLXEDGE_MATMUL, else auto)")
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (every route but /health)")
     p.add_argument("--api-key-file", help="read the API key from this file")
     p.add_argument("--keys-file", help="one `KEY ROLE` per line, ROLE user (generate, list, show) or admin "
@@ -54,8 +59,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get at shutdown")
     p.add_argument("--log-prompts", action="store_true", help="also write prompts and replies to the audit log")
     p.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads for the NumPy backend (default: every core; the other commands use "
-                        "OPENBLAS_NUM_THREADS, default 1)")
+                   help="threads for the NumPy backend's BLAS and MLAS kernels (default: every core; the other "
+                        "commands use OPENBLAS_NUM_THREADS, default 1)")
 
 
 def is_loopback(host: str) -> bool:
@@ -88,7 +93,7 @@ def build(args: argparse.Namespace):
             if not names.is_name(model):
                 raise MlxEdgeError(f"--model {model}: no such file or directory")
             store.get(model)
-    registry = Registry(args.model, backend=args.backend, max_loaded=args.max_loaded_models,
+    registry = Registry(args.model, backend=args.backend, matmul=args.matmul, max_loaded=args.max_loaded_models,
                         max_batch=args.max_batch, max_queue=args.max_queue,
                         keep_alive=None if args.keep_alive < 0 else args.keep_alive, allow_paths=args.allow_paths,
                         prompt_cache_bytes=int(args.prompt_cache_mb * (1 << 20)))
@@ -98,6 +103,8 @@ def build(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    # this process is ours alone: every MLAS session may share one thread pool (gemm.py)
+    share_threads(args.threads or os.cpu_count() or 1)
     app = build(args)
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)

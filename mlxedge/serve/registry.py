@@ -42,10 +42,12 @@ class Loaded:
 
 class Registry:
     def __init__(self, models: list[str], backend: str = "auto", max_loaded: int = 2, max_batch: int = 16,
+                 matmul: str | None = None,
                  max_queue: int = 64, keep_alive: float | None = 300.0, allow_paths: bool = False,
                  on_step=None, prompt_cache_bytes: int = 64 << 20):
         self.configured = list(models)
         self.backend = backend
+        self.matmul = matmul  # the NumPy backend's kernels (None: MLXEDGE_MATMUL, else auto)
         self.max_loaded = max(1, max_loaded)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.default_keep_alive = keep_alive
@@ -99,7 +101,7 @@ class Registry:
         self.loading.add(key)
         try:
             t0 = time.perf_counter()
-            model = api.load(key, backend=self.backend)
+            model = api.load(key, backend=self.backend, matmul=self.matmul)
             scheduler = Scheduler(stepper_for(model.engine, self.max_batch, self.prompt_cache_bytes), model.tokenizer, self.max_batch,
                                   self.max_queue, on_step=self.on_step)
             entry = Loaded(key, model, scheduler, keep_alive=None if key in self.configured

@@ -18,7 +18,7 @@ from pathlib import Path
 from ... import archs
 from ...errors import MlxEdgeError, OutOfMemory
 from ...formats.bundle import read_config
-from . import memory
+from . import gemm, memory
 from .cache import KVCache
 from .decoder import NumpyModel
 from .weights import MODES, Weights
@@ -36,7 +36,8 @@ def family(model_type: str):
     return importlib.import_module(f"{__name__}.{arch.NUMPY}")
 
 
-def load(directory: str | Path, *, mode: str = "auto", lean: bool = False) -> NumpyModel:
+def load(directory: str | Path, *, mode: str = "auto", lean: bool = False, matmul: str = "numpy",
+         threads: int = 1) -> NumpyModel:
     """Load a bundle for the NumPy backend, its weights held in `mode`:
 
     "float32" (dequantized once: 4 bytes per parameter, fastest), "float16" (2 bytes, widened per
@@ -44,17 +45,22 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False) -> Nu
     size), or "auto": the first of these that fits in the memory available (memory.py), with an
     MlxEdgeError naming the numbers when none does. `lean=True` means mode="lean".
     The chosen mode is `model.weight_mode`.
+
+    `matmul`: "numpy" (NumPy's BLAS for every product), "onnxruntime" (MLAS kernels on `threads`
+    threads for 4-bit weights as stored and for float32 products of 2+ rows: gemm.py), or "auto"
+    (onnxruntime where it is installed). The choice is `model.matmul`.
     """
     if lean:
         mode = "lean"
     if mode not in ("auto",) + MODES:
         raise MlxEdgeError(f"unknown weight mode {mode!r}; choose from auto, {', '.join(MODES)}")
+    kernels = gemm.resolve(matmul, threads)
     config = read_config(directory)
     arch = family(config.get("model_type"))
     fit = memory.estimate(directory, config)
     chosen = fit.pick(mode, str(directory))
     try:
-        weights = Weights(directory, config, mode=chosen)
+        weights = Weights(directory, config, mode=chosen, kernels=kernels)
         model = arch.build(weights, config)
     except KeyError as e:
         raise MlxEdgeError(f"{Path(directory) / 'config.json'} lacks {e.args[0]!r}") from None
@@ -64,4 +70,6 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False) -> Nu
                            f"{fit.source})") from None
     weights.check_all_used()
     model.weight_mode = chosen
+    model.matmul = "numpy" if kernels is None else "onnxruntime"
+    model.kernels = kernels
     return model

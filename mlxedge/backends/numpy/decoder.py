@@ -23,6 +23,8 @@ class NumpyModel:
     """
 
     weight_mode = "float32"  # how the weights are held (weights.py); set by load()
+    matmul = "numpy"         # whose kernels multiply them (gemm.py); set by load()
+    kernels = None           # gemm.Kernels when matmul is "onnxruntime"
 
     def __init__(self, config: dict, embed: Embedding, blocks: list[Block],
                  norm: Callable[[np.ndarray], np.ndarray], lm_head: Linear,

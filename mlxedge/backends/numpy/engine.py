@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 from ...engine import process_peak_rss, sample_tokens
 from ...errors import MlxEdgeError
 from ...sampling import SamplingParams
 from . import load
+from .gemm import CHOICES
+
+
+def default_matmul() -> str:
+    """MLXEDGE_MATMUL (numpy, onnxruntime or auto), else auto: onnxruntime's kernels where installed."""
+    choice = os.environ.get("MLXEDGE_MATMUL", "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise MlxEdgeError(f"MLXEDGE_MATMUL={choice!r}: choose from {', '.join(CHOICES)}")
+    return choice
+
+
+def blas_threads() -> int:
+    """The threads NumPy's BLAS runs on now (OPENBLAS_NUM_THREADS, or serve --threads)."""
+    return max([p.get("num_threads", 1) for p in threadpool_info() if p.get("user_api") == "blas"], default=1)
 
 
 class NumpyEngine:
@@ -18,10 +34,12 @@ class NumpyEngine:
 
     name = "numpy"
 
-    def __init__(self, directory: str | Path):
-        self.model = load(directory)  # weight mode "auto": what fits in memory
+    def __init__(self, directory: str | Path, matmul: str | None = None):
+        # weight mode "auto": what fits in memory; MLAS threads: as many as NumPy's BLAS may use
+        self.model = load(directory, matmul=matmul or default_matmul(), threads=blas_threads())
         self.config = self.model.config
         self.weight_mode = self.model.weight_mode
+        self.matmul = self.model.matmul
 
     def make_cache(self) -> Any:
         return self.model.make_cache()

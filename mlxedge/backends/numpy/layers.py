@@ -196,6 +196,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
                                   k_start + lo, window))
         return np.concatenate(outs)
     rep = n_heads // n_kv
+    if T == 1 and k_start + S - 1 <= q_start and (window is None or k_start > q_start - window):
+        # one decoding query that sees every key given: no mask (the same arithmetic as below)
+        qh = (q * scale).reshape(n_kv, rep, D)
+        probs = softmax(qh @ k.transpose(0, 2, 1))  # (n_kv, rep, S)
+        return (probs @ v).reshape(1, n_heads * D)
     # query head h reads kv head h // rep
     qh = (q * scale).reshape(T, n_kv, rep, D).transpose(1, 2, 0, 3).reshape(n_kv, rep * T, D)
     scores = (qh @ k.transpose(0, 2, 1)).reshape(n_kv, rep, T, S)  # (n_kv, rep, T, S)

@@ -28,32 +28,47 @@ from ... import safetensors
 from ...dtypes import as_float32
 from ...errors import MlxEdgeError
 from ...safetensors import quant_spec
+from .gemm import AffineGemm
 from .lean import ROW_BLOCK, Half, LeanAffine, PackedAffine, PackedFloat, Scratch, matmul_t
 
 MODES = ("float32", "float16", "lean")
 
 
 class Linear:
-    """y = x @ W.T + b with W (out, in). float32: W stored contiguous in `w`; else `lazy` (lean.py).
+    """y = x @ W.T + b with W (out, in): float32 `w` (contiguous), and/or a `lazy` product (lean.py's
+    widened or packed forms, gemm.AffineGemm). One row uses `lazy` where there is one (MatMulNBits
+    reads fewer bytes); more rows use `w` where there is one: through MLAS (gemm.DenseGemm, packed
+    on first use) when `kernels.packs`, else NumPy.
 
     `name` is the module path in the bundle ("model.layers.0.mlp.down_proj"), for calibration."""
 
-    def __init__(self, w: np.ndarray | None, bias: np.ndarray | None = None, lazy=None, name: str | None = None):
-        self.w = w              # (out, in) float32, contiguous; None when lazy
+    def __init__(self, w: np.ndarray | None, bias: np.ndarray | None = None, lazy=None, name: str | None = None,
+                 kernels=None):
+        self.w = w              # (out, in) float32, contiguous, or None
         self.bias = bias        # (out,) float32 or None
-        self.lazy = lazy        # Half / PackedAffine / PackedFloat: `.matmul(x)`
+        self.lazy = lazy        # Half / PackedAffine / PackedFloat / AffineGemm: `.matmul(x)`
         self.name = name
+        self.kernels = kernels
+        self.packed = None      # gemm.DenseGemm over w, made by the first product of 2+ rows
         self.out_features = (w.shape[0] if w is not None else lazy.out_features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = matmul_t(self.w, x) if self.w is not None else self.lazy.matmul(x)  # (T, out)
+        if self.w is not None and (x.shape[0] > 1 or self.lazy is None):
+            if self.kernels is not None and self.kernels.packs and x.shape[0] > 1:
+                if self.packed is None:
+                    self.packed = self.kernels.dense(self.w)
+                y = self.packed(x)  # (T, out)
+            else:
+                y = matmul_t(self.w, x)
+        else:
+            y = self.lazy.matmul(x)
         if self.bias is not None:
             y += self.bias
         return y
 
 
 def fuse(linears: list[Linear]) -> "Fused":
-    """One matmul for several projections of the same input (q/k/v, gate/up) in float32/float16."""
+    """One matmul for several projections of the same input (q/k/v, gate/up)."""
     return Fused(linears)
 
 
@@ -64,21 +79,26 @@ class Fused:
         self.bounds = list(zip([0] + ends[:-1], ends))
         self.parts = linears
         self.one = None
-        if all(lin.w is not None for lin in linears):
+        lazies = [lin.lazy for lin in linears]
+        if all(isinstance(z, AffineGemm) for z in lazies) and len({(z.bits, z.group_size) for z in lazies}) == 1:
+            w = np.concatenate([lin.w for lin in linears]) if all(lin.w is not None for lin in linears) else None
+            self.one = Linear(w, self._bias(), lazy=AffineGemm([p for z in lazies for p in z.parts], lazies[0].threads),
+                              kernels=linears[0].kernels)
+        elif all(lin.w is not None for lin in linears):
             w = np.concatenate([lin.w for lin in linears])  # (sum(sizes), in)
-            if any(lin.bias is not None for lin in linears):
-                bias = np.concatenate([lin.bias if lin.bias is not None else np.zeros(n, np.float32)
-                                       for lin, n in zip(linears, self.sizes)])
-            else:
-                bias = None
-            self.one = Linear(w, bias)
+            self.one = Linear(w, self._bias(), kernels=linears[0].kernels)
+        elif all(isinstance(z, Half) and lin.bias is None for z, lin in zip(lazies, linears)):
+            w16 = np.concatenate([z.w16 for z in lazies])  # (sum(sizes), in)
+            self.one = Linear(None, lazy=Half(w16, lazies[0].scratch))
+        if self.one is not None:
             for lin in linears:  # the fused copy replaces them; drop the originals' memory
-                lin.w = None
-        elif all(isinstance(lin.lazy, Half) and lin.bias is None for lin in linears):
-            w16 = np.concatenate([lin.lazy.w16 for lin in linears])  # (sum(sizes), in)
-            self.one = Linear(None, lazy=Half(w16, linears[0].lazy.scratch))
-            for lin in linears:
-                lin.lazy = None
+                lin.w = lin.lazy = None
+
+    def _bias(self) -> np.ndarray | None:
+        if all(lin.bias is None for lin in self.parts):
+            return None
+        return np.concatenate([lin.bias if lin.bias is not None else np.zeros(n, np.float32)
+                               for lin, n in zip(self.parts, self.sizes)])
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         if self.one is None:
@@ -90,9 +110,11 @@ class Fused:
 class Embedding:
     """Token lookup, and the same table as a tied output projection."""
 
-    def __init__(self, table: np.ndarray | None = None, lazy=None):
+    def __init__(self, table: np.ndarray | None = None, lazy=None, kernels=None, head=None):
         self.table = table      # (vocab, dim) float32: lookup, and a tied lm_head's W
         self.lazy = lazy        # Half / PackedAffine / PackedFloat: `.rows(ids)`, `.matmul(x)`
+        self.kernels = kernels  # for the tied head's products (Linear)
+        self.head = head        # gemm.AffineGemm over the stored table: the tied head's product
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         if self.table is not None:
@@ -100,18 +122,21 @@ class Embedding:
         return self.lazy.rows(ids)
 
     def as_linear(self) -> Linear:
-        return Linear(self.table) if self.table is not None else Linear(None, lazy=self.lazy)
+        if self.table is None and self.head is None:
+            return Linear(None, lazy=self.lazy)
+        return Linear(self.table, lazy=self.head, kernels=self.kernels)
 
 
 class Weights:
     """The bundle's tensors, handed out as layers in `mode`; remembers which were used."""
 
-    def __init__(self, directory: str | Path, config: dict, mode: str = "float32"):
+    def __init__(self, directory: str | Path, config: dict, mode: str = "float32", kernels=None):
         if mode not in MODES:
             raise MlxEdgeError(f"unknown weight mode {mode!r}; choose from {', '.join(MODES)}")
         self.raw = tensor_loaders(directory)
         self.quant = config.get("quantization") or {}
         self.mode = mode
+        self.kernels = kernels  # gemm.Kernels, or None: NumPy's BLAS for every product
         self.scratch = Scratch()
         self.used: set[str] = set()
 
@@ -162,19 +187,31 @@ class Weights:
         """`prefix.weight` (+ `prefix.bias` if present) as a Linear."""
         src = self._source(prefix)
         bias = self.vector(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
+        if self.kernels is not None and self.kernels.takes(src):
+            return Linear(self._dense_too(src), bias, lazy=self.kernels.affine([src]), name=prefix, kernels=self.kernels)
         if self.mode == "lean":
             return Linear(None, bias, lazy=self._lean(src), name=prefix)
         if self.mode == "float16":
             return Linear(None, bias, lazy=self._half(src, prefix), name=prefix)
-        return Linear(src.dense(), bias, name=prefix)
+        return Linear(src.dense(), bias, name=prefix, kernels=self.kernels)
+
+    def _dense_too(self, src: PackedAffine) -> np.ndarray | None:
+        """With MLAS: float32 W as well, for products of 2+ rows, when wider than 4 bits in float32
+        mode (MatMulNBits splits those into two 4-bit planes it dequantizes per call: slower than
+        SGEMM on packed float32 for a few rows, gemm.py). 4 bits and below: MatMulNBits only."""
+        return src.dense() if self.mode == "float32" and src.bits > 4 else None
 
     def embedding(self, prefix: str) -> Embedding:
         src = self._source(prefix)
+        if self.kernels is not None and self.kernels.takes(src):
+            table = self._dense_too(src)  # (vocab, dim): lookups, and the head's batched products
+            return Embedding(table=table, lazy=None if table is not None else src, kernels=self.kernels,
+                             head=self.kernels.affine([src]))
         if self.mode == "lean":
             return Embedding(lazy=self._lean(src))
         if self.mode == "float16":  # one float16 table serves lookup and a tied lm_head
             return Embedding(lazy=self._half(src, prefix))
-        return Embedding(table=src.dense())  # (vocab, dim): lookup, and lm_head when tied
+        return Embedding(table=src.dense(), kernels=self.kernels)  # (vocab, dim): lookup, and lm_head when tied
 
     def check_all_used(self) -> None:
         left = sorted(set(self.raw) - self.used)
