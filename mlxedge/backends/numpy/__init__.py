@@ -62,6 +62,8 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False, matmu
     try:
         weights = Weights(directory, config, mode=chosen, kernels=kernels)
         model = arch.build(weights, config)
+        if kernels is not None:
+            kernels.build()
     except KeyError as e:
         raise MlxEdgeError(f"{Path(directory) / 'config.json'} lacks {e.args[0]!r}") from None
     except MemoryError:

@@ -27,14 +27,14 @@ def supports(model: NumpyModel) -> bool:
     return bool(model.blocks) and all(isinstance(b, TransformerBlock) for b in model.blocks)
 
 
-def dense_bytes(model: NumpyModel) -> int:
-    """Bytes of the float32 weights a batched step multiplies (what `Kernels.packs` copies once more)."""
+def float32_linears(model: NumpyModel) -> list:
+    """The Linears of a batched step that hold float32 weights (what `Kernels.packs` copies once more)."""
     linears = [model.lm_head]
     for b in model.blocks:
         for f in (b.self_attn.qkv, b.mlp.gate_up):
             linears += [f.one] if f.one is not None else f.parts
         linears += [b.self_attn.o_proj, b.mlp.down_proj]
-    return sum(lin.w.nbytes for lin in linears if lin.w is not None)
+    return [lin for lin in linears if lin.w is not None]
 
 
 def decode_step(model: NumpyModel, tokens: Sequence[int], caches: Sequence[KVCache]) -> np.ndarray:

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_info
 
 from ...engine import process_peak_rss, sample_tokens
 from ...errors import MlxEdgeError
 from ...sampling import SamplingParams
 from . import load
-from .gemm import CHOICES
+from .gemm import CHOICES, shared_threads
 
 
 def default_matmul() -> str:
@@ -24,19 +23,15 @@ def default_matmul() -> str:
     return choice
 
 
-def blas_threads() -> int:
-    """The threads NumPy's BLAS runs on now (OPENBLAS_NUM_THREADS, or serve --threads)."""
-    return max([p.get("num_threads", 1) for p in threadpool_info() if p.get("user_api") == "blas"], default=1)
-
-
 class NumpyEngine:
     """Adapts `mlxedge.backends.numpy` (`load(dir)`, `make_cache()`, `forward(ids, cache)`) to `Engine`."""
 
     name = "numpy"
 
     def __init__(self, directory: str | Path, matmul: str | None = None):
-        # weight mode "auto": what fits in memory; MLAS threads: as many as NumPy's BLAS may use
-        self.model = load(directory, matmul=matmul or default_matmul(), threads=blas_threads())
+        # weight mode "auto": what fits in memory; MLAS: the serve process's shared pool, else the
+        # caller's thread (one decoding sequence is memory-bound: more threads barely help it)
+        self.model = load(directory, matmul=matmul or default_matmul(), threads=shared_threads())
         self.config = self.model.config
         self.weight_mode = self.model.weight_mode
         self.matmul = self.model.matmul

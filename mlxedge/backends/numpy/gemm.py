@@ -21,6 +21,7 @@ server's process shares one pool instead (`share_threads`): B=8 decode steps 10%
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 
@@ -55,13 +56,21 @@ class Kernels:
                                "(pip install onnxruntime onnx)")
         self.threads = max(1, int(threads))
         self.packs = False
+        self.made: weakref.WeakSet = weakref.WeakSet()  # products still in use; `build` makes their sessions
 
     def takes(self, src) -> bool:
         """`src` (lean.PackedAffine / PackedFloat) is multiplied by `AffineGemm` as stored."""
         return isinstance(src, PackedAffine)
 
     def affine(self, parts: list[PackedAffine]) -> "AffineGemm":
-        return AffineGemm(parts, self.threads)
+        g = AffineGemm(parts, self.threads)
+        self.made.add(g)
+        return g
+
+    def build(self) -> None:
+        """Make every session now (load time), not at the first product: the first token's latency."""
+        for g in list(self.made):
+            g.ensure()
 
     def dense(self, w: np.ndarray) -> "DenseGemm":
         return DenseGemm(w, self.threads)
@@ -96,6 +105,11 @@ def share_threads(threads: int) -> bool:
     return True
 
 
+def shared_threads() -> int:
+    """The shared pool's size where `share_threads` made one, else 1."""
+    return _POOL[0] if _POOL else 1
+
+
 class _Session:
     """One onnxruntime session, made on first use (a fused q/k/v replaces its parts before any call)."""
 
@@ -128,11 +142,14 @@ class _Session:
         self.held = (weights, values)  # ORT reads these buffers for as long as the session lives
         return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def ensure(self) -> None:
         if self.session is None:
             with self.lock:
                 if self.session is None:
                     self.session = self.build()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.ensure()
         return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def build(self):
@@ -168,12 +185,16 @@ class AffineGemm(_Session):
 
     def planes(self) -> list[tuple[np.ndarray, int]]:
         """[(nibbles (N, K/2) uint8 in MatMulNBits' order, multiplier)], high plane first."""
+        ws = [np.asarray(p.w) for p in self.parts]
         if self.bits == 4:  # MLX's 4-bit words are already nibbles in that order
-            return [(np.concatenate([np.asarray(p.w).view(np.uint8) for p in self.parts]), 1)]
-        q = np.concatenate([affine.unpack(np.asarray(p.w), self.bits) for p in self.parts])  # (N, K) levels
+            return [(np.concatenate([w.view(np.uint8) for w in ws]), 1)]
+        if self.bits == 8:  # one level per byte, in order
+            q = np.concatenate([w.view(np.uint8) for w in ws])
+        else:
+            q = np.concatenate([affine.unpack(w, self.bits) for w in ws])  # (N, K) levels
         if self.bits < 4:
-            return [(affine.pack(q, 4).view(np.uint8), 1)]
-        return [(affine.pack(q >> 4, 4).view(np.uint8), 16), (affine.pack(q & 15, 4).view(np.uint8), 1)]
+            return [(_nibbles(q), 1)]
+        return [(_nibbles(q >> 4), 16), (_nibbles(q & 15), 1)]
 
     def build(self):
         from onnx import TensorProto, helper, numpy_helper
@@ -229,6 +250,11 @@ class DenseGemm(_Session):
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])],
                        [_external("w", self.w)])
         return self._open(model, self._options(), {"w": self.w})
+
+
+def _nibbles(q: np.ndarray) -> np.ndarray:
+    """Levels (N, K) < 16 -> (N, K/2) uint8, element 2j in the low nibble of byte j."""
+    return q[:, 0::2] | (q[:, 1::2] << 4)
 
 
 def _external(name: str, a: np.ndarray):

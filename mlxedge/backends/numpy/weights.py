@@ -52,6 +52,12 @@ class Linear:
         self.packed = None      # gemm.DenseGemm over w, made by the first product of 2+ rows
         self.out_features = (w.shape[0] if w is not None else lazy.out_features)
 
+    def pack(self) -> None:
+        """Make the MLAS session for products of 2+ rows by `w` now (the server, at load)."""
+        if self.w is not None and self.kernels is not None and self.packed is None:
+            self.packed = self.kernels.dense(self.w)
+            self.packed.ensure()
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.w is not None and (x.shape[0] > 1 or self.lazy is None):
             if self.kernels is not None and self.kernels.packs and x.shape[0] > 1:
@@ -82,8 +88,9 @@ class Fused:
         lazies = [lin.lazy for lin in linears]
         if all(isinstance(z, AffineGemm) for z in lazies) and len({(z.bits, z.group_size) for z in lazies}) == 1:
             w = np.concatenate([lin.w for lin in linears]) if all(lin.w is not None for lin in linears) else None
-            self.one = Linear(w, self._bias(), lazy=AffineGemm([p for z in lazies for p in z.parts], lazies[0].threads),
-                              kernels=linears[0].kernels)
+            kernels = linears[0].kernels
+            self.one = Linear(w, self._bias(), lazy=kernels.affine([p for z in lazies for p in z.parts]),
+                              kernels=kernels)
         elif all(lin.w is not None for lin in linears):
             w = np.concatenate([lin.w for lin in linears])  # (sum(sizes), in)
             self.one = Linear(w, self._bias(), kernels=linears[0].kernels)
@@ -110,11 +117,11 @@ class Fused:
 class Embedding:
     """Token lookup, and the same table as a tied output projection."""
 
-    def __init__(self, table: np.ndarray | None = None, lazy=None, kernels=None, head=None):
+    def __init__(self, table: np.ndarray | None = None, lazy=None, kernels=None, stored=None):
         self.table = table      # (vocab, dim) float32: lookup, and a tied lm_head's W
         self.lazy = lazy        # Half / PackedAffine / PackedFloat: `.rows(ids)`, `.matmul(x)`
         self.kernels = kernels  # for the tied head's products (Linear)
-        self.head = head        # gemm.AffineGemm over the stored table: the tied head's product
+        self.stored = stored    # PackedAffine as stored: the tied head's MLAS product (gemm.AffineGemm)
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         if self.table is not None:
@@ -122,9 +129,10 @@ class Embedding:
         return self.lazy.rows(ids)
 
     def as_linear(self) -> Linear:
-        if self.table is None and self.head is None:
+        head = self.kernels.affine([self.stored]) if self.stored is not None else None
+        if self.table is None and head is None:
             return Linear(None, lazy=self.lazy)
-        return Linear(self.table, lazy=self.head, kernels=self.kernels)
+        return Linear(self.table, lazy=head, kernels=self.kernels)
 
 
 class Weights:
@@ -205,8 +213,7 @@ class Weights:
         src = self._source(prefix)
         if self.kernels is not None and self.kernels.takes(src):
             table = self._dense_too(src)  # (vocab, dim): lookups, and the head's batched products
-            return Embedding(table=table, lazy=None if table is not None else src, kernels=self.kernels,
-                             head=self.kernels.affine([src]))
+            return Embedding(table=table, lazy=None if table is not None else src, kernels=self.kernels, stored=src)
         if self.mode == "lean":
             return Embedding(lazy=self._lean(src))
         if self.mode == "float16":  # one float16 table serves lookup and a tied lm_head
