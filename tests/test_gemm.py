@@ -155,3 +155,23 @@ def test_smollm2_on_human_text_matches_numpy(smollm2_bundle):
         return toks
 
     assert greedy(ort_model) == greedy(ref_model)
+
+
+def test_auto_keeps_lean_weights_in_numpy():
+    """lean is what fits when memory is short: `auto` adds no onnxruntime copies then; asked for, it does."""
+    assert load(TINY / "llama_q4_bf16", mode="lean", matmul="auto").matmul == "numpy"
+    assert load(TINY / "llama_q4_bf16", mode="lean", matmul="onnxruntime").matmul == "onnxruntime"
+
+
+def test_onnxruntime_failures_are_one_line(monkeypatch):
+    def no_memory(self):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Exception during initialization: "
+                           "std::bad_alloc")
+
+    monkeypatch.setattr(gemm.AffineGemm, "build", no_memory)
+    with pytest.raises(MlxEdgeError, match="out of memory making onnxruntime's kernels") as e:
+        load(TINY / "llama_q4_bf16", matmul="onnxruntime")
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(gemm.AffineGemm, "build", lambda self: (_ for _ in ()).throw(RuntimeError("bad graph\nmore")))
+    with pytest.raises(MlxEdgeError, match="onnxruntime could not make a kernel: bad graph$"):
+        load(TINY / "llama_q4_bf16", matmul="onnxruntime")

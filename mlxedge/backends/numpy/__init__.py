@@ -48,17 +48,19 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False, matmu
 
     `matmul`: "numpy" (NumPy's BLAS for every product), "onnxruntime" (MLAS kernels on `threads`
     threads for 4-bit weights as stored and for float32 products of 2+ rows: gemm.py), or "auto"
-    (onnxruntime where it is installed). The choice is `model.matmul`.
+    (onnxruntime where it is installed, unless the weights are held lean: MLAS keeps its own copy of
+    them). The choice is `model.matmul`.
     """
     if lean:
         mode = "lean"
     if mode not in ("auto",) + MODES:
         raise MlxEdgeError(f"unknown weight mode {mode!r}; choose from auto, {', '.join(MODES)}")
-    kernels = gemm.resolve(matmul, threads)
     config = read_config(directory)
     arch = family(config.get("model_type"))
     fit = memory.estimate(directory, config)
     chosen = fit.pick(mode, str(directory))
+    # lean is what fits when little does: "auto" then adds no onnxruntime copies of the weights
+    kernels = gemm.resolve("numpy" if matmul == "auto" and chosen == "lean" else matmul, threads)
     try:
         weights = Weights(directory, config, mode=chosen, kernels=kernels)
         model = arch.build(weights, config)

@@ -26,7 +26,7 @@ import weakref
 import numpy as np
 
 from ...dtypes import as_float32
-from ...errors import MlxEdgeError
+from ...errors import MlxEdgeError, OutOfMemory
 from ...quant import affine
 from .lean import PackedAffine
 
@@ -146,7 +146,16 @@ class _Session:
         if self.session is None:
             with self.lock:
                 if self.session is None:
-                    self.session = self.build()
+                    try:
+                        self.session = self.build()
+                    except MemoryError:
+                        raise OutOfMemory("out of memory making onnxruntime's kernels (MLXEDGE_MATMUL=numpy "
+                                          "needs less)") from None
+                    except Exception as e:  # noqa: BLE001 — onnxruntime's own exception types
+                        if "bad_alloc" in str(e):
+                            raise OutOfMemory("out of memory making onnxruntime's kernels (MLXEDGE_MATMUL=numpy "
+                                              "needs less)") from None
+                        raise MlxEdgeError(f"onnxruntime could not make a kernel: {str(e).splitlines()[0]}") from None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         self.ensure()
