@@ -62,18 +62,32 @@ def test_stacked_parts_are_one_product():
     _close(gemm.AffineGemm(parts).matmul(x), x @ np.concatenate(refs).T)
 
 
-def test_float_products_of_two_rows_or_more_go_to_mlas_when_packing():
+def test_float_products_of_two_rows_or_more_go_to_mlas_when_packed():
     rng = np.random.default_rng(2)
     w = rng.standard_normal((300, 64)).astype(np.float32)
-    kernels = gemm.Kernels()
-    lin = Linear(w, kernels=kernels)
+    lin = Linear(w, kernels=gemm.Kernels())
     x1, x6 = rng.standard_normal((1, 64)).astype(np.float32), rng.standard_normal((6, 64)).astype(np.float32)
-    assert np.array_equal(lin(x6), (w @ x6.T).T) and lin.packed is None  # not packing: NumPy's BLAS
-    kernels.packs = True  # as the server sets it for a batched model
+    assert np.array_equal(lin(x6), (w @ x6.T).T)  # not packed: NumPy's BLAS
+    assert lin.pack_bytes() == w.nbytes
+    lin.pack()  # as the server does for a batched model
+    assert isinstance(lin.packed, gemm.DenseGemm) and lin.pack_bytes() == 0
     assert np.array_equal(lin(x1), (w @ x1.T).T)  # one row: still NumPy's own product, bit for bit
-    assert lin.packed is None
     _close(lin(x6), x6 @ w.T)
-    assert isinstance(lin.packed, gemm.DenseGemm)
+
+
+def test_wide_levels_pack_from_the_stored_weights():
+    """8-bit: one row through the two 4-bit planes, several through SGEMM on W dequantized once."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 2**32, (64, 128 // 4), dtype=np.uint32)
+    s, b = rng.random((64, 4)).astype(np.float32) * 0.01, rng.standard_normal((64, 4)).astype(np.float32) * 0.05
+    p = PackedAffine(q, s, b, 8, 32)
+    kernels = gemm.Kernels()
+    lin = Linear(None, lazy=kernels.affine([p]), kernels=kernels)
+    assert lin.pack_bytes() == 64 * 128 * 4
+    lin.pack()
+    x = rng.standard_normal((5, 128)).astype(np.float32)
+    _close(lin(x), x @ p().T)
+    _close(lin(x[:1]), x[:1] @ p().T)
 
 
 def test_server_packs_a_batched_models_float_weights():
@@ -81,9 +95,11 @@ def test_server_packs_a_batched_models_float_weights():
     from mlxedge.serve.batch import NumpyStepper
 
     engine = NumpyEngine(TINY / "llama_f32", matmul="onnxruntime")
-    assert engine.model.kernels.packs is False
+    assert engine.model.kernels.packs is False and engine.model.lm_head.packed is None
     NumpyStepper(engine)
     assert engine.model.kernels.packs is True
+    assert isinstance(engine.model.lm_head.packed, gemm.DenseGemm)
+    assert isinstance(engine.model.blocks[0].mlp.down_proj.packed, gemm.DenseGemm)
 
 
 def _linears(model):

@@ -60,8 +60,8 @@ class NumpyStepper(EngineStepper):
         kernels = engine.model.kernels
         if self.batched and kernels is not None:  # MLAS's SGEMM for the batched float32 products,
             # at the price of a packed copy of those weights: only where it fits twice over
-            linears = batch.float32_linears(engine.model)
-            kernels.packs = 2 * sum(lin.w.nbytes for lin in linears) < available_memory()[0]
+            linears = batch.linears(engine.model)
+            kernels.packs = 2 * sum(lin.pack_bytes() for lin in linears) < available_memory()[0]
             for lin in linears if kernels.packs else ():
                 lin.pack()
 

@@ -27,14 +27,14 @@ def supports(model: NumpyModel) -> bool:
     return bool(model.blocks) and all(isinstance(b, TransformerBlock) for b in model.blocks)
 
 
-def float32_linears(model: NumpyModel) -> list:
-    """The Linears of a batched step that hold float32 weights (what `Kernels.packs` copies once more)."""
-    linears = [model.lm_head]
+def linears(model: NumpyModel) -> list:
+    """Every Linear a batched step multiplies by."""
+    found = [model.lm_head]
     for b in model.blocks:
         for f in (b.self_attn.qkv, b.mlp.gate_up):
-            linears += [f.one] if f.one is not None else f.parts
-        linears += [b.self_attn.o_proj, b.mlp.down_proj]
-    return [lin for lin in linears if lin.w is not None]
+            found += [f.one] if f.one is not None else f.parts
+        found += [b.self_attn.o_proj, b.mlp.down_proj]
+    return found
 
 
 def decode_step(model: NumpyModel, tokens: Sequence[int], caches: Sequence[KVCache]) -> np.ndarray:

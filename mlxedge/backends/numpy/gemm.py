@@ -46,9 +46,9 @@ def available() -> bool:
 class Kernels:
     """The choice a model was loaded with: MLAS sessions on `threads` threads each.
 
-    `packs`: float32 products of 2+ rows go to `DenseGemm`, which keeps a packed second copy of each
-    weight. Off by default (a prompt's prefill is fine in NumPy's BLAS); the server turns it on for
-    a model whose batched decode steps it runs (serve/batch.py), when the copies fit in memory."""
+    `packs`: the server's choice (serve/batch.py) to add `DenseGemm`s for products of 2+ rows by
+    float weights and by those wider than 4 bits (weights.Linear.pack), when their packed float32
+    copies fit in memory twice over. A prompt's prefill does well without them."""
 
     def __init__(self, threads: int = 1):
         if not available():
@@ -232,9 +232,11 @@ class AffineGemm(_Session):
                                           ["y" if i == len(terms) - 1 else f"acc{i + 1}"]))
         model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])], inits)
-        session = self._open(model, self._options(), weights)
-        self.parts = None  # the session holds what it needs
-        return session
+        return self._open(model, self._options(), weights)
+
+    def dense(self) -> np.ndarray:
+        """W (out, in) float32, as `PackedAffine.dense` gives it (for `DenseGemm`)."""
+        return np.concatenate([p.dense() for p in self.parts])
 
 
 class DenseGemm(_Session):

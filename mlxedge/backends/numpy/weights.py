@@ -35,10 +35,10 @@ MODES = ("float32", "float16", "lean")
 
 
 class Linear:
-    """y = x @ W.T + b with W (out, in): float32 `w` (contiguous), and/or a `lazy` product (lean.py's
-    widened or packed forms, gemm.AffineGemm). One row uses `lazy` where there is one (MatMulNBits
-    reads fewer bytes); more rows use `w` where there is one: through MLAS (gemm.DenseGemm, packed
-    on first use) when `kernels.packs`, else NumPy.
+    """y = x @ W.T + b with W (out, in): float32 `w` (contiguous), or a `lazy` product (lean.py's
+    widened or packed forms, gemm.AffineGemm on the weights as stored). `pack()` adds MLAS's SGEMM
+    on a packed float32 copy for products of 2+ rows (gemm.DenseGemm): the server does it for float
+    weights and for those wider than 4 bits, which MatMulNBits splits into two planes (gemm.py).
 
     `name` is the module path in the bundle ("model.layers.0.mlp.down_proj"), for calibration."""
 
@@ -48,26 +48,33 @@ class Linear:
         self.bias = bias        # (out,) float32 or None
         self.lazy = lazy        # Half / PackedAffine / PackedFloat / AffineGemm: `.matmul(x)`
         self.name = name
-        self.kernels = kernels
-        self.packed = None      # gemm.DenseGemm over w, made by the first product of 2+ rows
+        self.kernels = kernels  # gemm.Kernels, or None: NumPy's BLAS
+        self.packed = None      # gemm.DenseGemm, from `pack()`
         self.out_features = (w.shape[0] if w is not None else lazy.out_features)
 
+    def pack_bytes(self) -> int:
+        """The memory `pack()` would add."""
+        if self.kernels is None or self.packed is not None:
+            return 0
+        if self.w is not None:
+            return self.w.nbytes
+        if isinstance(self.lazy, AffineGemm) and self.lazy.bits > 4:
+            return 4 * self.lazy.out_features * self.lazy.in_features
+        return 0
+
     def pack(self) -> None:
-        """Make the MLAS session for products of 2+ rows by `w` now (the server, at load)."""
-        if self.w is not None and self.kernels is not None and self.packed is None:
-            self.packed = self.kernels.dense(self.w)
+        """Make the MLAS session for products of 2+ rows now (the server, at load)."""
+        if self.pack_bytes():
+            self.packed = self.kernels.dense(self.w if self.w is not None else self.lazy.dense())
             self.packed.ensure()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.w is not None and (x.shape[0] > 1 or self.lazy is None):
-            if self.kernels is not None and self.kernels.packs and x.shape[0] > 1:
-                if self.packed is None:
-                    self.packed = self.kernels.dense(self.w)
-                y = self.packed(x)  # (T, out)
-            else:
-                y = matmul_t(self.w, x)
-        else:
+        if self.packed is not None and x.shape[0] > 1:
+            y = self.packed(x)  # (T, out)
+        elif self.lazy is not None:
             y = self.lazy.matmul(x)
+        else:
+            y = matmul_t(self.w, x)
         if self.bias is not None:
             y += self.bias
         return y
@@ -87,9 +94,8 @@ class Fused:
         self.one = None
         lazies = [lin.lazy for lin in linears]
         if all(isinstance(z, AffineGemm) for z in lazies) and len({(z.bits, z.group_size) for z in lazies}) == 1:
-            w = np.concatenate([lin.w for lin in linears]) if all(lin.w is not None for lin in linears) else None
             kernels = linears[0].kernels
-            self.one = Linear(w, self._bias(), lazy=kernels.affine([p for z in lazies for p in z.parts]),
+            self.one = Linear(None, self._bias(), lazy=kernels.affine([p for z in lazies for p in z.parts]),
                               kernels=kernels)
         elif all(lin.w is not None for lin in linears):
             w = np.concatenate([lin.w for lin in linears])  # (sum(sizes), in)
@@ -129,10 +135,11 @@ class Embedding:
         return self.lazy.rows(ids)
 
     def as_linear(self) -> Linear:
-        head = self.kernels.affine([self.stored]) if self.stored is not None else None
-        if self.table is None and head is None:
-            return Linear(None, lazy=self.lazy)
-        return Linear(self.table, lazy=head, kernels=self.kernels)
+        if self.stored is not None:
+            return Linear(None, lazy=self.kernels.affine([self.stored]), kernels=self.kernels)
+        if self.table is not None:
+            return Linear(self.table, kernels=self.kernels)
+        return Linear(None, lazy=self.lazy)
 
 
 class Weights:
@@ -196,24 +203,17 @@ class Weights:
         src = self._source(prefix)
         bias = self.vector(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
         if self.kernels is not None and self.kernels.takes(src):
-            return Linear(self._dense_too(src), bias, lazy=self.kernels.affine([src]), name=prefix, kernels=self.kernels)
+            return Linear(None, bias, lazy=self.kernels.affine([src]), name=prefix, kernels=self.kernels)
         if self.mode == "lean":
             return Linear(None, bias, lazy=self._lean(src), name=prefix)
         if self.mode == "float16":
             return Linear(None, bias, lazy=self._half(src, prefix), name=prefix)
         return Linear(src.dense(), bias, name=prefix, kernels=self.kernels)
 
-    def _dense_too(self, src: PackedAffine) -> np.ndarray | None:
-        """With MLAS: float32 W as well, for products of 2+ rows, when wider than 4 bits in float32
-        mode (MatMulNBits splits those into two 4-bit planes it dequantizes per call: slower than
-        SGEMM on packed float32 for a few rows, gemm.py). 4 bits and below: MatMulNBits only."""
-        return src.dense() if self.mode == "float32" and src.bits > 4 else None
-
     def embedding(self, prefix: str) -> Embedding:
         src = self._source(prefix)
-        if self.kernels is not None and self.kernels.takes(src):
-            table = self._dense_too(src)  # (vocab, dim): lookups, and the head's batched products
-            return Embedding(table=table, lazy=None if table is not None else src, kernels=self.kernels, stored=src)
+        if self.kernels is not None and self.kernels.takes(src):  # rows looked up as stored, any mode
+            return Embedding(lazy=src, kernels=self.kernels, stored=src)
         if self.mode == "lean":
             return Embedding(lazy=self._lean(src))
         if self.mode == "float16":  # one float16 table serves lookup and a tied lm_head
