@@ -44,7 +44,7 @@ ENVIRONMENT = """environment:
                         (default ~/.cache/mlxedge)
   OPENBLAS_NUM_THREADS  NumPy backend threads (default 1: faster on a shared CPU)
   MLXEDGE_MATMUL        NumPy backend kernels: auto (default: onnxruntime's where installed),
-                        onnxruntime or numpy"""
+                        onnxruntime, onnxruntime-int8 (int8 activations: faster) or numpy"""
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -163,3 +163,11 @@ def test_prompt_cache_is_bounded_in_bytes():
     hit = pc.lookup(caches[0][0][:10] + [250, 251])
     assert hit is not None and hit[1] == 10 and hit[0].offset == 10
     assert pc.lookup([9, 9, 9, 9, 9, 9]) is None
+
+
+def test_smollm2_int8_batch_of_8_equals_one_at_a_time(smollm2_gguf):
+    """int8 activations: each row is rounded and multiplied alone (test_gemm.py), so batching
+    changes no token here either."""
+    model = mlxedge.load(smollm2_gguf, backend="numpy", matmul="onnxruntime-int8")
+    assert model.engine.matmul == "onnxruntime-int8"
+    check_batch_equals_alone(model, [6, 4, 6, 5, 3, 6, 4, 6], [{}] * 6 + [{"temp": 0.7, "seed": 1}] * 2)

@@ -35,8 +35,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--matmul", choices=CHOICES, default=None,
                    help="the NumPy backend's kernels: numpy (its BLAS), onnxruntime (MLAS: 4-bit weights as "
-                        "stored, batched float32 products) or auto (onnxruntime where installed; default: "
-                        "MLXEDGE_MATMUL, else auto)")
+                        "stored, batched float32 products), onnxruntime-int8 (the same with int8 activations, "
+                        "as llama.cpp: faster, not mlx-lm's float32 answers) or auto (onnxruntime where "
+                        "installed; default: MLXEDGE_MATMUL, else auto)")
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` (every route but /health)")
     p.add_argument("--api-key-file", help="read the API key from this file")
     p.add_argument("--keys-file", help="one `KEY ROLE` per line, ROLE user (generate, list, show) or admin "

@@ -47,7 +47,9 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False, matmu
     The chosen mode is `model.weight_mode`.
 
     `matmul`: "numpy" (NumPy's BLAS for every product), "onnxruntime" (MLAS kernels on `threads`
-    threads for 4-bit weights as stored and for float32 products of 2+ rows: gemm.py), or "auto"
+    threads for 4-bit weights as stored and for float32 products of 2+ rows: gemm.py),
+    "onnxruntime-int8" (the same with activations quantized to int8: faster, not mlx-lm's float32
+    arithmetic), or "auto"
     (onnxruntime where it is installed, unless the weights are held lean: MLAS keeps its own copy of
     them). The choice is `model.matmul`.
     """
@@ -74,6 +76,6 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False, matmu
                            f"{fit.source})") from None
     weights.check_all_used()
     model.weight_mode = chosen
-    model.matmul = "numpy" if kernels is None else "onnxruntime"
+    model.matmul = "numpy" if kernels is None else kernels.name
     model.kernels = kernels
     return model

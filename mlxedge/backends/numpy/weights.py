@@ -38,7 +38,7 @@ class Linear:
     """y = x @ W.T + b with W (out, in): float32 `w` (contiguous), or a `lazy` product (lean.py's
     widened or packed forms, gemm.AffineGemm on the weights as stored). `pack()` adds MLAS's SGEMM
     on a packed float32 copy for products of 2+ rows (gemm.DenseGemm): the server does it for float
-    weights and for those wider than 4 bits, which MatMulNBits splits into two planes (gemm.py).
+    weights and for those wider than 4 bits that MatMulNBits splits into two planes (gemm.py).
 
     `name` is the module path in the bundle ("model.layers.0.mlp.down_proj"), for calibration."""
 
@@ -58,7 +58,7 @@ class Linear:
             return 0
         if self.w is not None:
             return self.w.nbytes
-        if isinstance(self.lazy, AffineGemm) and self.lazy.bits > 4:
+        if isinstance(self.lazy, AffineGemm) and self.lazy.wide:
             return 4 * self.lazy.out_features * self.lazy.in_features
         return 0
 
