@@ -343,3 +343,20 @@ def test_real_model_kl_on_text(request, mlx_eval_logits, name):
     d = kl(ref, out)
     assert d.mean() < 1e-4 and d.max() < 1e-3, (d.mean(), d.max())
     assert (ref.argmax(-1) == out.argmax(-1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("keys", [7, 383, 384, 900])
+def test_decoding_attention_on_short_and_long_caches(keys):
+    """One query over every cached key, grouped heads (9 on 3 kv), both ways the scores are
+    multiplied (q K^T below `layers.LONG` keys, K q^T from it): the float64 formula's answer."""
+    from mlxedge.backends.numpy.layers import attention
+
+    rng = np.random.default_rng(keys)
+    q = rng.standard_normal((1, 9, 64)).astype(np.float32)             # (T, n_heads, D)
+    k = rng.standard_normal((3, keys, 64)).astype(np.float32) * 2      # (n_kv, S, D)
+    v = rng.standard_normal((3, keys, 64)).astype(np.float32)
+    out = attention(q, k, v, 0.125, keys - 1, 0)                       # (1, 9 * 64)
+    s = np.einsum("hd,hsd->hs", q[0].astype(np.float64), np.repeat(k, 3, axis=0)) * 0.125  # (9, S)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = np.einsum("hs,hsd->hd", p / p.sum(-1, keepdims=True), np.repeat(v, 3, axis=0))  # (9, D)
+    np.testing.assert_allclose(out.reshape(9, 64), ref, atol=2e-6, rtol=1e-5)

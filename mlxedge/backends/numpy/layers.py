@@ -173,6 +173,7 @@ def _yarn_periods(dims: int, base: float, cfg: dict) -> tuple[np.ndarray, float]
 # -- attention ----------------------------------------------------------------------------------
 
 SCORES_LIMIT = 1 << 24  # attention scores held at once (64 MB of float32)
+LONG = 384  # keys from which a decoding query's scores are computed as K q^T (docs/serving.md)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
@@ -199,8 +200,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     if T == 1 and k_start + S - 1 <= q_start and (window is None or k_start > q_start - window):
         # one decoding query that sees every key given: no mask (the same arithmetic as below)
         qh = (q * scale).reshape(n_kv, rep, D)
-        probs = softmax(qh @ k.transpose(0, 2, 1))  # (n_kv, rep, S)
-        return (probs @ v).reshape(1, n_heads * D)
+        if S < LONG:
+            scores = qh @ k.transpose(0, 2, 1)  # (n_kv, rep, S)
+        else:  # keys times queries: OpenBLAS is ~3x slower with the few-row queries on the left
+            scores = np.ascontiguousarray((k @ np.ascontiguousarray(qh.transpose(0, 2, 1))).transpose(0, 2, 1))
+        return (softmax(scores) @ v).reshape(1, n_heads * D)
     # query head h reads kv head h // rep
     qh = (q * scale).reshape(T, n_kv, rep, D).transpose(1, 2, 0, 3).reshape(n_kv, rep * T, D)
     scores = (qh @ k.transpose(0, 2, 1)).reshape(n_kv, rep, T, S)  # (n_kv, rep, T, S)
