@@ -16,7 +16,8 @@ llama.cpp runs in --oracle-python (llama-cpp-python) on the GGUF: `Llama.generat
 on the same token ids; where that Python lacks llama_cpp, llama.cpp's server from the `xllamacpp`
 wheel runs in a worker of this Python (one slot, loopback, one /completion request on the token
 ids, temperature 0), its own `timings` giving prefill and decode tokens/s. `numpy_blas` is the
-NumPy backend with MLXEDGE_MATMUL=numpy (NumPy's BLAS for every product, the kernels before MLAS).
+NumPy backend with MLXEDGE_MATMUL=numpy (NumPy's BLAS for every product, the kernels before MLAS);
+`numpy_int8` with MLXEDGE_MATMUL=onnxruntime-int8 (activations rounded to int8, as llama.cpp's).
 Reuses the measuring helpers of bench_convert.py (same folder).
 """
 
@@ -34,7 +35,7 @@ from pathlib import Path
 from bench_convert import DEFAULT_ORACLE, ROOT, machine, model_path, report, run_measured
 
 MODELS = ("smollm2", "gemma3")
-RUNTIMES = ("numpy", "numpy_blas", "mlx", "llama.cpp")
+RUNTIMES = ("numpy", "numpy_int8", "numpy_blas", "mlx", "llama.cpp")
 PROMPT = ("The old lighthouse keeper climbed the stairs every evening at dusk. He had done it for forty "
           "years, and tonight, as the storm rolled in from the west, he noticed something strange")
 
@@ -112,8 +113,8 @@ def one_run(runtime: str, gguf: Path, bundle: Path, ids: list[int], args: argpar
         cmd = [oracle or sys.executable, str(Path(__file__).resolve()), "--worker" if oracle else "--xworker",
                str(gguf), json.dumps(ids), str(args.max_tokens), threads]
         return run_measured(cmd, env=env, timeout=args.timeout)
-    if runtime == "numpy_blas":
-        env["MLXEDGE_MATMUL"] = "numpy"
+    if runtime in ("numpy_blas", "numpy_int8"):
+        env["MLXEDGE_MATMUL"] = "numpy" if runtime == "numpy_blas" else "onnxruntime-int8"
     cmd = [sys.executable, "-m", "mlxedge", "generate", "--model", str(bundle), "--backend", runtime.split("_")[0],
            "--json",
            "--no-chat-template", "--max-tokens", str(args.max_tokens), "--prompt", PROMPT, "--quiet"]
@@ -172,7 +173,8 @@ def table(results: list[dict]) -> str:
     head = ("| model | runtime | prefill tok/s | ×llama.cpp | decode tok/s | ×llama.cpp | peak RSS MB | ×llama.cpp "
             "| load s | tokens out | chars same as llama.cpp | load avg (1 min) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    names = {"numpy": "mlxedge NumPy (MLAS)", "numpy_blas": "mlxedge NumPy (BLAS only)", "mlx": "mlxedge MLX (CPU)",
+    names = {"numpy": "mlxedge NumPy (MLAS)", "numpy_int8": "mlxedge NumPy (MLAS, int8 activations)",
+             "numpy_blas": "mlxedge NumPy (BLAS only)", "mlx": "mlxedge MLX (CPU)",
              "llama.cpp": "llama.cpp"}
     for res in results:
         loads = res["load_average_1min"]

@@ -1,8 +1,9 @@
 """Benchmark `mlxedge serve` against mlx_lm.server and llama.cpp's server (xllamacpp), one machine, one run.
 
-    python scripts/bench_serve.py [--targets numpy,numpy_blas,mlx_lm,llamacpp,mlx] [--clients 1,4,8,16] [--tokens 64]
+    python scripts/bench_serve.py [--targets numpy,numpy_int8,numpy_blas,mlx_lm,llamacpp,mlx] [--clients 1,4,8,16]
 
 numpy: mlxedge serve's NumPy backend with its default kernels (onnxruntime's MLAS where installed);
+numpy_int8: the same with `--matmul onnxruntime-int8` (activations rounded to int8, as llama.cpp's);
 numpy_blas: the same with `--matmul numpy` (NumPy's BLAS for every product).
 
 Each target is started as its own process on a free loopback port and given the same fixed chat
@@ -63,8 +64,8 @@ def free_port() -> int:
 
 def command(target: str, gguf: Path, bundle: Path, port: int, slots: int, threads: int) -> list[str]:
     py = sys.executable
-    if target in ("numpy", "numpy_blas", "mlx"):
-        kernels = ["--matmul", "numpy"] if target == "numpy_blas" else []
+    if target in ("numpy", "numpy_blas", "numpy_int8", "mlx"):
+        kernels = {"numpy_blas": ["--matmul", "numpy"], "numpy_int8": ["--matmul", "onnxruntime-int8"]}.get(target, [])
         return [py, "-m", "mlxedge", "serve", "--model", str(gguf), "--backend", target.split("_")[0],
                 "--port", str(port), "--max-batch", str(slots), "--max-queue", "256", "--threads", str(threads),
                 *kernels]
@@ -111,7 +112,9 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
 
 
 async def level(url: str, model: str, clients: int, requests: int, tokens: int, target: str) -> dict:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(1200.0)) as client:
+    # a connection per request: llama.cpp's server closes idle keep-alive connections, and a request
+    # sent on one as it closes failed ("Server disconnected without sending a response")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1200.0), limits=httpx.Limits(max_keepalive_connections=0)) as client:
         async def worker(i: int):
             out = []
             for j in range(requests):
@@ -182,7 +185,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", default="numpy,llamacpp,mlx_lm", help="of numpy, numpy_blas, mlx, mlx_lm, llamacpp")
+    p.add_argument("--targets", default="numpy,llamacpp,mlx_lm", help="of numpy, numpy_int8, numpy_blas, mlx, mlx_lm, llamacpp")
     p.add_argument("--clients", default="1,4,8,16")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--requests", type=int, default=1, help="requests per client per level")
