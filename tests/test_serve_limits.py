@@ -124,7 +124,8 @@ def test_threads_sets_the_blas_pool_and_is_checked():
         build(parse("--model", str(TINY), "--threads", "0"))
 
 
-@pytest.mark.parametrize("flag, kernels", [("numpy", "numpy"), ("onnxruntime", "onnxruntime"), (None, "onnxruntime")])
+@pytest.mark.parametrize("flag, kernels", [("numpy", "numpy"), ("onnxruntime", "onnxruntime"),
+                                          ("onnxruntime-int8", "onnxruntime-int8"), (None, "onnxruntime")])
 def test_matmul_flag_picks_the_numpy_backends_kernels(flag, kernels, monkeypatch):
     """`--matmul` (default: MLXEDGE_MATMUL, else auto = onnxruntime where installed) reaches the model."""
     monkeypatch.delenv("MLXEDGE_MATMUL", raising=False)
