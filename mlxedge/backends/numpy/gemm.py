@@ -191,8 +191,9 @@ class AffineGemm(_Session):
     as 4-bit planes: q < 16 (2, 3, 4 bits) is one plane; 5-8 bits are q = 16 hi + lo, two planes,
     the high one with scales 16 s (exact). With int8 activations (accuracy_level 4) its 8-bit
     kernel is the fast one for 5-8 bits (SmolLM2's 8-bit tied head: 2-3x faster than two planes):
-    one plane of bytes. Each plane's product subtracts a zero point, the middle of its levels (the
-    rounding of x is multiplied by q - zero point: the middle keeps it smallest); `c` adds it back."""
+    one plane of bytes. Each plane's product subtracts a zero point and `c` adds it back; with int8
+    activations it is the middle of the levels (MatMulNBits' defaults, 8 and 128, put the 2-, 5-
+    and 6-bit errors up to 2x past the int8-rounding bound: tests/test_gemm.py)."""
 
     def __init__(self, parts: list[PackedAffine], threads: int = 1, accuracy_level: int = 0):
         super().__init__(threads)
@@ -222,7 +223,8 @@ class AffineGemm(_Session):
             q = np.concatenate([w.view(np.uint8) for w in ws])
         else:
             q = np.concatenate([affine.unpack(w, self.bits) for w in ws]).astype(np.uint8)  # (N, K) levels
-        middle = 1 << (self.bits - 1)
+        # with int8 activations the zero point sits mid-levels; in float32 the default (8) is exact too
+        middle = 1 << (self.bits - 1) if self.accuracy_level else 8
         if self.bits < 4:
             return [(_nibbles(q), 4, middle, 1)]
         if not self.wide:
