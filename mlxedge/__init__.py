@@ -12,8 +12,8 @@ def load(path: str, backend: str = "auto", matmul: str | None = None):
 
     ``backend`` is ``"auto"`` (MLX on Apple Silicon, else the fastest correct backend here),
     ``"mlx"`` or ``"numpy"``. ``matmul``, for the NumPy backend: ``"auto"`` (onnxruntime's kernels
-    where installed), ``"onnxruntime"``, ``"onnxruntime-int8"`` or ``"numpy"``; None reads MLXEDGE_MATMUL. Returns a
-    :class:`mlxedge.api.Model`.
+    where installed), ``"onnxruntime"``, ``"onnxruntime-int8"`` or ``"numpy"``; None reads
+    MLXEDGE_MATMUL. Returns a :class:`mlxedge.api.Model`.
     """
     from .api import load as _load
 

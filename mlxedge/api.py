@@ -96,8 +96,8 @@ class Model:
 def load(path: str | Path, backend: str = "auto", quiet: bool = True, matmul: str | None = None) -> Model:
     """Load a store name, a converted bundle directory or a `.gguf` file (converted once into the store).
 
-    `matmul` (NumPy backend): "numpy", "onnxruntime", "onnxruntime-int8" or "auto" (backends/numpy/gemm.py); None reads
-    MLXEDGE_MATMUL, default auto."""
+    `matmul` (NumPy backend): "numpy", "onnxruntime", "onnxruntime-int8" or "auto"
+    (backends/numpy/gemm.py); None reads MLXEDGE_MATMUL, default auto."""
     directory = modelcache.resolve(path, quiet=quiet)
     try:
         engine = make_engine(directory, backend, matmul)

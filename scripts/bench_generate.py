@@ -36,6 +36,7 @@ from bench_convert import DEFAULT_ORACLE, ROOT, machine, model_path, report, run
 
 MODELS = ("smollm2", "gemma3")
 RUNTIMES = ("numpy", "numpy_int8", "numpy_blas", "mlx", "llama.cpp")
+MATMUL = {"numpy_blas": "numpy", "numpy_int8": "onnxruntime-int8"}  # the NumPy variants' MLXEDGE_MATMUL
 PROMPT = ("The old lighthouse keeper climbed the stairs every evening at dusk. He had done it for forty "
           "years, and tonight, as the storm rolled in from the west, he noticed something strange")
 
@@ -113,8 +114,8 @@ def one_run(runtime: str, gguf: Path, bundle: Path, ids: list[int], args: argpar
         cmd = [oracle or sys.executable, str(Path(__file__).resolve()), "--worker" if oracle else "--xworker",
                str(gguf), json.dumps(ids), str(args.max_tokens), threads]
         return run_measured(cmd, env=env, timeout=args.timeout)
-    if runtime in ("numpy_blas", "numpy_int8"):
-        env["MLXEDGE_MATMUL"] = "numpy" if runtime == "numpy_blas" else "onnxruntime-int8"
+    if runtime in MATMUL:
+        env["MLXEDGE_MATMUL"] = MATMUL[runtime]
     cmd = [sys.executable, "-m", "mlxedge", "generate", "--model", str(bundle), "--backend", runtime.split("_")[0],
            "--json",
            "--no-chat-template", "--max-tokens", str(args.max_tokens), "--prompt", PROMPT, "--quiet"]

@@ -56,6 +56,9 @@ while True:
 """
 
 
+MATMUL = {"numpy_blas": "numpy", "numpy_int8": "onnxruntime-int8"}  # the NumPy variants' --matmul
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,7 +68,7 @@ def free_port() -> int:
 def command(target: str, gguf: Path, bundle: Path, port: int, slots: int, threads: int) -> list[str]:
     py = sys.executable
     if target in ("numpy", "numpy_blas", "numpy_int8", "mlx"):
-        kernels = {"numpy_blas": ["--matmul", "numpy"], "numpy_int8": ["--matmul", "onnxruntime-int8"]}.get(target, [])
+        kernels = ["--matmul", MATMUL[target]] if target in MATMUL else []
         return [py, "-m", "mlxedge", "serve", "--model", str(gguf), "--backend", target.split("_")[0],
                 "--port", str(port), "--max-batch", str(slots), "--max-queue", "256", "--threads", str(threads),
                 *kernels]
@@ -114,7 +117,8 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
 async def level(url: str, model: str, clients: int, requests: int, tokens: int, target: str) -> dict:
     # a connection per request: llama.cpp's server closes idle keep-alive connections, and a request
     # sent on one as it closes failed ("Server disconnected without sending a response")
-    async with httpx.AsyncClient(timeout=httpx.Timeout(1200.0), limits=httpx.Limits(max_keepalive_connections=0)) as client:
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1200.0), limits=limits) as client:
         async def worker(i: int):
             out = []
             for j in range(requests):
@@ -185,7 +189,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", default="numpy,llamacpp,mlx_lm", help="of numpy, numpy_int8, numpy_blas, mlx, mlx_lm, llamacpp")
+    p.add_argument("--targets", default="numpy,llamacpp,mlx_lm",
+                   help="of numpy, numpy_int8, numpy_blas, mlx, mlx_lm, llamacpp")
     p.add_argument("--clients", default="1,4,8,16")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--requests", type=int, default=1, help="requests per client per level")

@@ -49,9 +49,8 @@ def load(directory: str | Path, *, mode: str = "auto", lean: bool = False, matmu
     `matmul`: "numpy" (NumPy's BLAS for every product), "onnxruntime" (MLAS kernels on `threads`
     threads for 4-bit weights as stored and for float32 products of 2+ rows: gemm.py),
     "onnxruntime-int8" (the same with activations quantized to int8: faster, not mlx-lm's float32
-    arithmetic), or "auto"
-    (onnxruntime where it is installed, unless the weights are held lean: MLAS keeps its own copy of
-    them). The choice is `model.matmul`.
+    arithmetic), or "auto" (onnxruntime where it is installed, unless the weights are held lean:
+    MLAS keeps its own copy of them). The choice is `model.matmul`.
     """
     if lean:
         mode = "lean"

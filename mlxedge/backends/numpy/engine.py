@@ -16,7 +16,8 @@ from .gemm import CHOICES, shared_threads
 
 
 def default_matmul() -> str:
-    """MLXEDGE_MATMUL (numpy, onnxruntime, onnxruntime-int8 or auto), else auto: onnxruntime's kernels where installed."""
+    """MLXEDGE_MATMUL (numpy, onnxruntime, onnxruntime-int8 or auto), else auto: onnxruntime's
+    kernels where installed."""
     choice = os.environ.get("MLXEDGE_MATMUL", "auto").strip().lower() or "auto"
     if choice not in CHOICES:
         raise MlxEdgeError(f"MLXEDGE_MATMUL={choice!r}: choose from {', '.join(CHOICES)}")
